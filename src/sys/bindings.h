@@ -1,0 +1,13 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The kernel APIs blksnap uses that the `kernel` crate of the oldest
+ * supported kernel line does not wrap. bindgen turns this header into
+ * src/sys/bindings_generated.rs; bindgen_parameters says which items.
+ */
+#include <linux/capability.h>
+#include <linux/fs.h>
+#include <linux/kstrtox.h>
+#include <linux/miscdevice.h>
+#include <linux/moduleparam.h>
+
+#include "shim.h"
