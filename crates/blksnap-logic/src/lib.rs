@@ -1,0 +1,11 @@
+//! The parts of the blksnap kernel module that need no kernel types, built on
+//! the host so `cargo test` can cover them exhaustively. The sources live in
+//! the module's tree (`src/`); this crate only includes them.
+
+#![cfg_attr(not(test), no_std)]
+
+#[path = "../../../src/params.rs"]
+pub mod params;
+
+#[path = "../../../src/cbt_map.rs"]
+pub mod cbt_map;

@@ -1,0 +1,44 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The boundary to the kernel's C API.
+//!
+//! Everything `unsafe` lives below this module: the bindings bindgen
+//! generates at build time for what the `kernel` crate lacks, the C shim's
+//! entry points, and the safe types built on them (a registered misc device,
+//! the module parameters). The rest of the module uses only these safe types.
+//! Facts that differ between kernel lines belong here too.
+//!
+//! Locking: none of its own; each submodule documents its rules.
+
+pub(crate) mod miscdev;
+pub(crate) mod params;
+
+/// Generated at build time from `src/sys/bindings.h` with the kernel's own
+/// bindgen flags (see `Kbuild`).
+#[allow(
+    dead_code,
+    missing_docs,
+    non_camel_case_types,
+    non_upper_case_globals,
+    non_snake_case,
+    improper_ctypes,
+    unreachable_pub,
+    unsafe_op_in_unsafe_fn,
+    clippy::all,
+    clippy::undocumented_unsafe_blocks
+)]
+mod bindings {
+    // The kernel's bindgen flags leave these to the bindings crate.
+    type __kernel_size_t = usize;
+    type __kernel_ssize_t = isize;
+    type __kernel_ptrdiff_t = isize;
+
+    include!("bindings_generated.rs");
+}
+
+/// Whether the current task has `CAP_SYS_ADMIN` in the initial user namespace.
+pub(crate) fn capable_sys_admin() -> bool {
+    // SAFETY: `capable` only reads the current task's credentials and may be
+    // called from any process context.
+    unsafe { bindings::capable(bindings::CAP_SYS_ADMIN as kernel::ffi::c_int) }
+}
