@@ -16,6 +16,7 @@
 //! to every write.
 
 use crate::params::Params;
+use core::ops::DerefMut;
 
 /// Sector size the block layer counts in.
 pub const SECTOR_SHIFT: u32 = 9;
@@ -113,7 +114,7 @@ pub struct CbtMap<T> {
     generation_id: [u8; 16],
 }
 
-impl<T: AsRef<[u8]> + AsMut<[u8]>> CbtMap<T> {
+impl<T: DerefMut<Target = [u8]>> CbtMap<T> {
     /// A new map over two zeroed tables of `geometry.blk_count` bytes.
     /// Returns `None` if a table has the wrong length.
     pub fn new(
@@ -123,7 +124,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> CbtMap<T> {
         generation_id: [u8; 16],
     ) -> Option<Self> {
         let len = usize::try_from(geometry.blk_count).ok()?;
-        if active.as_ref().len() != len || readable.as_ref().len() != len {
+        if active.len() != len || readable.len() != len {
             return None;
         }
         Some(CbtMap {
@@ -158,19 +159,19 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> CbtMap<T> {
 
     /// The table user space reads.
     pub fn readable(&self) -> &[u8] {
-        self.readable_table.as_ref()
+        &self.readable_table
     }
 
     /// The table I/O writes.
     pub fn active_table(&self) -> &[u8] {
-        self.active_table.as_ref()
+        &self.active_table
     }
 
     /// Marks the blocks that sectors `[sector, sector + count)` touch as
     /// changed in the active snapshot (a write, discard or write-zeroes).
     pub fn mark(&mut self, sector: u64, count: u64) {
         let range = self.geometry.blocks(sector, count);
-        raise(self.active_table.as_mut(), range, self.active);
+        raise(&mut self.active_table, range, self.active);
     }
 
     /// MARK_DIRTY_BLOCKS and writes to a snapshot image: marks both tables,
@@ -178,21 +179,19 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> CbtMap<T> {
     /// in the next one.
     pub fn mark_both(&mut self, sector: u64, count: u64) {
         let range = self.geometry.blocks(sector, count);
-        raise(self.active_table.as_mut(), range.clone(), self.active);
-        raise(self.readable_table.as_mut(), range, self.previous);
+        raise(&mut self.active_table, range.clone(), self.active);
+        raise(&mut self.readable_table, range, self.previous);
     }
 
     /// TAKE: the readable table becomes a copy of the active one, `previous`
     /// the active number, and the active number moves on. When it would
     /// reach 256 the active table starts over under `new_generation`.
     pub fn switch(&mut self, new_generation: [u8; 16]) -> Switch {
-        self.readable_table
-            .as_mut()
-            .copy_from_slice(self.active_table.as_ref());
+        self.readable_table.copy_from_slice(&self.active_table);
         self.previous = self.active;
         if self.active == u8::MAX {
             self.active = 1;
-            self.active_table.as_mut().fill(0);
+            self.active_table.fill(0);
             self.generation_id = new_generation;
             Switch::Wrapped
         } else {
@@ -218,7 +217,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> CbtMap<T> {
     /// Copies the readable table from byte `offset` into `out`; returns how
     /// many bytes were copied (0 at or past the end).
     pub fn read(&self, offset: usize, out: &mut [u8]) -> usize {
-        let table = self.readable_table.as_ref();
+        let table: &[u8] = &self.readable_table;
         let Some(rest) = table.get(offset..) else {
             return 0;
         };

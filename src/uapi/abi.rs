@@ -17,9 +17,6 @@ const fn blk_snap_ioc(dir: u32, nr: u32, size: usize) -> u32 {
     (dir << 30) | ((size as u32) << 16) | ((BLK_SNAP as u32) << 8) | nr
 }
 
-/// The `BLK_SNAP` ioctl type character of the header.
-const BLK_SNAP: u8 = b'V';
-
 /// `IOCTL_BLK_SNAP_VERSION`.
 pub const IOCTL_BLK_SNAP_VERSION: u32 = blk_snap_ioc(
     IOC_WRITE,
