@@ -4,15 +4,26 @@
 //! agents, driven through the ioctls of `include/uapi/linux/blk_snap.h` on
 //! `/dev/blksnap`.
 //!
-//! The crate root owns the module's lifetime: init validates the parameters
-//! and registers the control device; unload (`Drop`) undoes it. See
-//! `docs/design.md` for the data path, locking and lifetimes.
+//! The crate root owns the module's lifetime: init validates the parameters,
+//! installs the bio hook and registers the control device; unload (`Drop`,
+//! fields in declaration order) unregisters the control device (destroying
+//! snapshots and trackers) and then removes the hook. See `docs/design.md`
+//! for the data path, locking and lifetimes.
 
 use kernel::{c_str, prelude::*};
 
+// Kernel-free logic shared with the host tests (crates/blksnap-logic): its
+// `pub` items and test-only accessors are the host crate's API.
+#[allow(dead_code, unreachable_pub)]
+mod cbt_map;
 mod ctl;
+mod event_queue;
+mod filter;
+#[allow(dead_code, unreachable_pub)]
 mod params;
+mod snapshot;
 mod sys;
+mod tracker;
 mod uapi;
 
 module! {
@@ -23,9 +34,10 @@ module! {
     license: "GPL",
 }
 
-/// The loaded module: what unload must tear down.
+/// The loaded module: what unload must tear down, in this order.
 struct Blksnap {
     _control: sys::miscdev::MiscDevice<ctl::Control>,
+    _hook: sys::hook::BioHook,
 }
 
 impl kernel::Module for Blksnap {
@@ -34,8 +46,16 @@ impl kernel::Module for Blksnap {
             pr_err!("parameter {e}\n");
             return Err(EINVAL);
         }
-        let control =
-            sys::miscdev::MiscDevice::register(c_str!("blksnap"), 0o600, module, ctl::Control)?;
-        Ok(Self { _control: control })
+        let hook = sys::hook::BioHook::install()?;
+        let control = sys::miscdev::MiscDevice::register(
+            c_str!("blksnap"),
+            0o600,
+            module,
+            ctl::Control::new()?,
+        )?;
+        Ok(Self {
+            _control: control,
+            _hook: hook,
+        })
     }
 }

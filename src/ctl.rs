@@ -1,18 +1,43 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The ioctl dispatcher of `/dev/blksnap`.
+//! The ioctl dispatcher of `/dev/blksnap`: wires the UAPI structs to the
+//! trackers and snapshots.
 //!
 //! Every command needs `CAP_SYS_ADMIN`. Commands are matched on their full
 //! number (type, number, size and direction), so a client built against
 //! another layout gets `ENOTTY` instead of a misread argument. Arguments are
-//! copied through user-slice readers and writers only.
+//! copied through user-slice readers and writers only; every count is
+//! bounded before anything is allocated for it, and every check happens
+//! before any state changes, so a failed command leaves nothing behind.
 //!
-//! Locking: none yet; the dispatcher holds no state of its own.
+//! Errors chosen on purpose: `EINVAL` for malformed input (bad device
+//! number, duplicate devices, zero or too large counts, misaligned ranges),
+//! `ENODEV` for a device that is not tracked, `ESRCH` for an unknown
+//! snapshot id, `EALREADY` for a device already in a snapshot or a snapshot
+//! already taken, `EBUSY` for removing a tracker in use, `ENODATA` for a
+//! collect array that is too small (the count says what is needed), `EPERM`
+//! for reading change tracking before the snapshot is taken (as the
+//! reference did), `ENOTTY` for commands this build does not implement.
+//!
+//! Locking: `state` (a mutex) serializes every command that changes or
+//! reads the set of trackers and snapshots. WAIT_EVENT looks its snapshot up
+//! under it and waits without it.
 
-use crate::sys::{self, miscdev::FileOps};
-use crate::uapi::*;
-use core::mem::size_of;
-use kernel::{prelude::*, uaccess::UserSlice};
+use crate::{
+    snapshot::Snapshot,
+    sys::{self, bdev, errno, miscdev::FileOps, vec::VecExt},
+    tracker::Registry,
+    uapi::*,
+};
+use core::mem::{offset_of, size_of};
+use kernel::{
+    alloc::KVVec,
+    new_mutex,
+    prelude::*,
+    sync::{Arc, Mutex},
+    types::FromBytes,
+    uaccess::UserSlice,
+};
 
 /// The version VERSION reports.
 const VERSION: blk_snap_version = blk_snap_version {
@@ -22,18 +47,345 @@ const VERSION: blk_snap_version = blk_snap_version {
     build: 0,
 };
 
+/// Most devices in one snapshot.
+const MAX_SNAPSHOT_DEVICES: usize = 4096;
+/// Most ranges in one MARK_DIRTY_BLOCKS or APPEND_STORAGE call.
+const MAX_RANGES: usize = 1 << 20;
+/// Bytes of CBT table copied per lock hold in READ_CBT_MAP.
+const CBT_READ_BATCH: usize = 4096;
+
+/// What the commands share.
+struct State {
+    trackers: Registry,
+    snapshots: KVec<Arc<Snapshot>>,
+}
+
+impl State {
+    fn snapshot(&self, id: &blk_snap_uuid) -> Result<&Arc<Snapshot>> {
+        self.snapshots.iter().find(|s| s.id() == &id.b).ok_or(ESRCH)
+    }
+
+    fn snapshot_of_device(&self, dev: u32) -> Option<&Arc<Snapshot>> {
+        self.snapshots.iter().find(|s| s.has_device(dev))
+    }
+}
+
 /// The handler behind `/dev/blksnap`.
-pub(crate) struct Control;
+pub(crate) struct Control {
+    state: Pin<KBox<Mutex<State>>>,
+}
 
 impl Control {
-    /// `IOCTL_BLK_SNAP_VERSION`: writes the module version.
+    /// No trackers, no snapshots.
+    pub(crate) fn new() -> Result<Self> {
+        let state = State {
+            trackers: Registry::new(),
+            snapshots: KVec::new(),
+        };
+        Ok(Control {
+            state: KBox::pin_init(new_mutex!(state, "blksnap_control"), GFP_KERNEL)?,
+        })
+    }
+}
+
+/// The argument struct of a command, read from user space.
+fn read_arg<T: FromBytes>(arg: usize) -> Result<T> {
+    UserSlice::new(arg, size_of::<T>()).reader().read::<T>()
+}
+
+/// Writes `bytes` at `offset` into the user's argument struct.
+fn write_at(arg: usize, offset: usize, bytes: &[u8]) -> Result {
+    let addr = arg.checked_add(offset).ok_or(EFAULT)?;
+    UserSlice::new(addr, bytes.len())
+        .writer()
+        .write_slice(bytes)
+}
+
+/// Reads a user array of `count` elements of `T`, bounded by `max`.
+fn read_array<T: FromBytes>(ptr: usize, count: u32, max: usize) -> Result<KVVec<T>> {
+    let count = usize::try_from(count).map_err(|_| EINVAL)?;
+    if count == 0 || count > max {
+        return Err(EINVAL);
+    }
+    let len = count.checked_mul(size_of::<T>()).ok_or(EINVAL)?;
+    let mut reader = UserSlice::new(ptr, len).reader();
+    let mut out = KVVec::with_capacity(count, GFP_KERNEL)?;
+    for _ in 0..count {
+        out.push(reader.read::<T>()?, GFP_KERNEL)?;
+    }
+    Ok(out)
+}
+
+/// A kernel `dev_t` from the UAPI device id; `EINVAL` if it cannot be one.
+fn dev_t(id: &blk_snap_dev) -> Result<u32> {
+    bdev::mkdev(id.mj, id.mn).ok_or(EINVAL)
+}
+
+/// The UAPI bytes of a `blk_snap_cbt_info`, padding zeroed.
+fn cbt_info_bytes(info: &blk_snap_cbt_info) -> [u8; size_of::<blk_snap_cbt_info>()] {
+    let mut b = [0u8; size_of::<blk_snap_cbt_info>()];
+    let mut put = |off: usize, bytes: &[u8]| {
+        if let Some(dst) = b.get_mut(off..off + bytes.len()) {
+            dst.copy_from_slice(bytes);
+        }
+    };
+    put(
+        offset_of!(blk_snap_cbt_info, dev_id),
+        &info.dev_id.mj.to_ne_bytes(),
+    );
+    put(
+        offset_of!(blk_snap_cbt_info, dev_id) + 4,
+        &info.dev_id.mn.to_ne_bytes(),
+    );
+    put(
+        offset_of!(blk_snap_cbt_info, blk_size),
+        &info.blk_size.to_ne_bytes(),
+    );
+    put(
+        offset_of!(blk_snap_cbt_info, device_capacity),
+        &info.device_capacity.to_ne_bytes(),
+    );
+    put(
+        offset_of!(blk_snap_cbt_info, blk_count),
+        &info.blk_count.to_ne_bytes(),
+    );
+    put(
+        offset_of!(blk_snap_cbt_info, generation_id),
+        &info.generation_id.b,
+    );
+    put(
+        offset_of!(blk_snap_cbt_info, snap_number),
+        &[info.snap_number],
+    );
+    b
+}
+
+impl Control {
     fn version(&self, arg: usize) -> Result<isize> {
         UserSlice::new(arg, size_of::<blk_snap_version>())
             .writer()
             .write(&VERSION)?;
         Ok(0)
     }
+
+    fn tracker_remove(&self, arg: usize) -> Result<isize> {
+        let a: blk_snap_tracker_remove = read_arg(arg)?;
+        let dev = dev_t(&a.dev_id)?;
+        let mut state = self.state.lock();
+        if state.trackers.find(dev).is_none() {
+            return Err(ENODEV);
+        }
+        if state.snapshot_of_device(dev).is_some() {
+            return Err(EBUSY);
+        }
+        state.trackers.remove(dev)?;
+        Ok(0)
+    }
+
+    fn tracker_collect(&self, arg: usize) -> Result<isize> {
+        let a: blk_snap_tracker_collect = read_arg(arg)?;
+        let state = self.state.lock();
+        let needed = state.trackers.len();
+        let needed_u32 = u32::try_from(needed).map_err(|_| errno::eoverflow())?;
+        let count_off = offset_of!(blk_snap_tracker_collect, count);
+        if a.cbt_info_array.is_null() {
+            write_at(arg, count_off, &needed_u32.to_ne_bytes())?;
+            return Ok(0);
+        }
+        if (a.count as usize) < needed {
+            write_at(arg, count_off, &needed_u32.to_ne_bytes())?;
+            return Err(errno::enodata());
+        }
+        let len = needed * size_of::<blk_snap_cbt_info>();
+        let mut writer = UserSlice::new(a.cbt_info_array as usize, len).writer();
+        for t in state.trackers.iter() {
+            writer.write_slice(&cbt_info_bytes(&t.info()))?;
+        }
+        write_at(arg, count_off, &needed_u32.to_ne_bytes())?;
+        Ok(0)
+    }
+
+    fn tracker_read_cbt_map(&self, arg: usize) -> Result<isize> {
+        let a: blk_snap_tracker_read_cbt_bitmap = read_arg(arg)?;
+        let dev = dev_t(&a.dev_id)?;
+        let tracker = {
+            let state = self.state.lock();
+            let tracker = state.trackers.find(dev).ok_or(ENODEV)?.clone();
+            if !state.snapshot_of_device(dev).is_some_and(|s| s.is_taken()) {
+                return Err(EPERM);
+            }
+            tracker
+        };
+        let mut writer = UserSlice::new(a.buff as usize, a.length as usize).writer();
+        let mut buf = [0u8; CBT_READ_BATCH];
+        let mut offset = a.offset as usize;
+        let mut copied = 0usize;
+        while copied < a.length as usize {
+            let want = (a.length as usize - copied).min(CBT_READ_BATCH);
+            let n = tracker.read_cbt(offset, &mut buf[..want]);
+            if n == 0 {
+                break;
+            }
+            writer.write_slice(&buf[..n])?;
+            copied += n;
+            offset += n;
+        }
+        Ok(copied as isize)
+    }
+
+    fn tracker_mark_dirty_blocks(&self, arg: usize) -> Result<isize> {
+        let a: blk_snap_tracker_mark_dirty_blocks = read_arg(arg)?;
+        let dev = dev_t(&a.dev_id)?;
+        let ranges =
+            read_array::<blk_snap_block_range>(a.dirty_blocks_array as usize, a.count, MAX_RANGES)?;
+        for r in ranges.iter() {
+            if r.sector_count == 0 || r.sector_offset.checked_add(r.sector_count).is_none() {
+                return Err(EINVAL);
+            }
+        }
+        let state = self.state.lock();
+        let tracker = state.trackers.find(dev).ok_or(ENODEV)?;
+        for r in ranges.iter() {
+            tracker.mark_dirty(r.sector_offset, r.sector_count);
+        }
+        Ok(0)
+    }
+
+    fn snapshot_create(&self, arg: usize) -> Result<isize> {
+        let a: blk_snap_snapshot_create = read_arg(arg)?;
+        let ids =
+            read_array::<blk_snap_dev>(a.dev_id_array as usize, a.count, MAX_SNAPSHOT_DEVICES)?;
+        let mut devs = KVVec::with_capacity(ids.len(), GFP_KERNEL)?;
+        for id in ids.iter() {
+            let dev = dev_t(id)?;
+            if devs.iter().any(|&d| d == dev) {
+                return Err(EINVAL);
+            }
+            devs.push(dev, GFP_KERNEL)?;
+        }
+        let params = sys::params::current();
+        let mut state = self.state.lock();
+        if devs.iter().any(|&d| state.snapshot_of_device(d).is_some()) {
+            return Err(errno::ealready());
+        }
+        state.snapshots.reserve(1, GFP_KERNEL)?;
+        // Attach trackers; on failure, detach the ones this call created.
+        let mut trackers = KVec::with_capacity(devs.len(), GFP_KERNEL)?;
+        let mut created = KVec::with_capacity(devs.len(), GFP_KERNEL)?;
+        let attached = (|| -> Result {
+            for &dev in devs.iter() {
+                if state.trackers.find(dev).is_none() {
+                    created.push(dev, GFP_KERNEL)?;
+                }
+                trackers.push(state.trackers.attach(dev, &params)?, GFP_KERNEL)?;
+            }
+            Ok(())
+        })();
+        let snapshot = attached.and_then(|()| Snapshot::new(trackers, &params));
+        let snapshot = match snapshot {
+            Ok(s) => s,
+            Err(e) => {
+                for &dev in created.iter() {
+                    let _ = state.trackers.remove(dev);
+                }
+                return Err(e);
+            }
+        };
+        let id_off = offset_of!(blk_snap_snapshot_create, id);
+        if let Err(e) = write_at(arg, id_off, snapshot.id()) {
+            snapshot.destroy();
+            for &dev in created.iter() {
+                let _ = state.trackers.remove(dev);
+            }
+            return Err(e);
+        }
+        // Cannot fail: reserved above.
+        state.snapshots.push(snapshot, GFP_KERNEL)?;
+        Ok(0)
+    }
+
+    fn snapshot_destroy(&self, arg: usize) -> Result<isize> {
+        let a: blk_snap_snapshot_destroy = read_arg(arg)?;
+        let mut state = self.state.lock();
+        let pos = state
+            .snapshots
+            .iter()
+            .position(|s| s.id() == &a.id.b)
+            .ok_or(ESRCH)?;
+        if let Some(snapshot) = state.snapshots.swap_remove(pos) {
+            snapshot.destroy();
+        }
+        Ok(0)
+    }
+
+    fn snapshot_append_storage(&self, arg: usize) -> Result<isize> {
+        let a: blk_snap_snapshot_append_storage = read_arg(arg)?;
+        let dev = dev_t(&a.dev_id)?;
+        let ranges = read_array::<blk_snap_block_range>(a.ranges as usize, a.count, MAX_RANGES)?;
+        let state = self.state.lock();
+        state.snapshot(&a.id)?.append_storage(dev, &ranges)?;
+        Ok(0)
+    }
+
+    fn snapshot_take(&self, arg: usize) -> Result<isize> {
+        let a: blk_snap_snapshot_take = read_arg(arg)?;
+        let params = sys::params::current();
+        let state = self.state.lock();
+        state.snapshot(&a.id)?.take(&params)?;
+        Ok(0)
+    }
+
+    fn snapshot_collect(&self, arg: usize) -> Result<isize> {
+        let a: blk_snap_snapshot_collect = read_arg(arg)?;
+        let state = self.state.lock();
+        let needed = state.snapshots.len();
+        let needed_u32 = u32::try_from(needed).map_err(|_| errno::eoverflow())?;
+        let count_off = offset_of!(blk_snap_snapshot_collect, count);
+        write_at(arg, count_off, &needed_u32.to_ne_bytes())?;
+        if a.ids.is_null() || (a.count as usize) < needed {
+            return if needed == 0 {
+                Ok(0)
+            } else {
+                Err(errno::enodata())
+            };
+        }
+        let mut writer =
+            UserSlice::new(a.ids as usize, needed * size_of::<blk_snap_uuid>()).writer();
+        for s in state.snapshots.iter() {
+            writer.write_slice(s.id())?;
+        }
+        Ok(0)
+    }
+
+    fn snapshot_wait_event(&self, arg: usize) -> Result<isize> {
+        let a: blk_snap_snapshot_event_head = read_arg(arg)?;
+        let snapshot = self.state.lock().snapshot(&a.id)?.clone();
+        let event = snapshot.events().wait(a.timeout_ms)?;
+        write_at(
+            arg,
+            offset_of!(blk_snap_snapshot_event, code),
+            &event.code.to_ne_bytes(),
+        )?;
+        write_at(
+            arg,
+            offset_of!(blk_snap_snapshot_event, time_label),
+            &event.time_ns.to_ne_bytes(),
+        )?;
+        write_at(arg, offset_of!(blk_snap_snapshot_event, data), &event.data)?;
+        Ok(0)
+    }
 }
+
+/// The part of `blk_snap_snapshot_event` WAIT_EVENT reads.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct blk_snap_snapshot_event_head {
+    id: blk_snap_uuid,
+    timeout_ms: u32,
+}
+
+// SAFETY: bytes and integers only: every bit pattern is valid.
+unsafe impl FromBytes for blk_snap_snapshot_event_head {}
 
 impl FileOps for Control {
     fn ioctl(&self, cmd: u32, arg: usize) -> Result<isize> {
@@ -42,9 +394,27 @@ impl FileOps for Control {
         }
         match cmd {
             IOCTL_BLK_SNAP_VERSION => self.version(arg),
-            // Known commands that this build does not implement yet, and
-            // everything else.
+            IOCTL_BLK_SNAP_TRACKER_REMOVE => self.tracker_remove(arg),
+            IOCTL_BLK_SNAP_TRACKER_COLLECT => self.tracker_collect(arg),
+            IOCTL_BLK_SNAP_TRACKER_READ_CBT_MAP => self.tracker_read_cbt_map(arg),
+            IOCTL_BLK_SNAP_TRACKER_MARK_DIRTY_BLOCKS => self.tracker_mark_dirty_blocks(arg),
+            IOCTL_BLK_SNAP_SNAPSHOT_CREATE => self.snapshot_create(arg),
+            IOCTL_BLK_SNAP_SNAPSHOT_DESTROY => self.snapshot_destroy(arg),
+            IOCTL_BLK_SNAP_SNAPSHOT_APPEND_STORAGE => self.snapshot_append_storage(arg),
+            IOCTL_BLK_SNAP_SNAPSHOT_TAKE => self.snapshot_take(arg),
+            IOCTL_BLK_SNAP_SNAPSHOT_COLLECT => self.snapshot_collect(arg),
+            IOCTL_BLK_SNAP_SNAPSHOT_WAIT_EVENT => self.snapshot_wait_event(arg),
+            // SNAPSHOT_COLLECT_IMAGES comes with snapshot images.
             _ => Err(ENOTTY),
+        }
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        let mut state = self.state.lock();
+        while let Some(s) = state.snapshots.pop() {
+            s.destroy();
         }
     }
 }

@@ -48,6 +48,12 @@ pub(crate) struct MiscDevice<T: FileOps> {
     inner: Pin<KBox<Inner<T>>>,
 }
 
+// SAFETY: the registration may be dropped (deregistered) from any thread; the
+// raw pointers inside only point into the registration itself or at statics.
+unsafe impl<T: FileOps + Send> Send for MiscDevice<T> {}
+// SAFETY: shared access only reaches the handler, which is `Sync`.
+unsafe impl<T: FileOps> Sync for MiscDevice<T> {}
+
 impl<T: FileOps> MiscDevice<T> {
     /// Registers `/dev/<name>` with the given permission bits and handler.
     pub(crate) fn register(

@@ -5,13 +5,20 @@
 //! Everything `unsafe` lives below this module: the bindings bindgen
 //! generates at build time for what the `kernel` crate lacks, the C shim's
 //! entry points, and the safe types built on them (a registered misc device,
-//! the module parameters). The rest of the module uses only these safe types.
-//! Facts that differ between kernel lines belong here too.
+//! the module parameters, an open block device, the bio hook, locks the
+//! `kernel` crate lacks, the device index). The rest of the module uses only
+//! these safe types. Facts that differ between kernel lines belong here too.
 //!
 //! Locking: none of its own; each submodule documents its rules.
 
+pub(crate) mod bdev;
+pub(crate) mod bio;
+pub(crate) mod dev_index;
+pub(crate) mod hook;
 pub(crate) mod miscdev;
 pub(crate) mod params;
+pub(crate) mod sync;
+pub(crate) mod vec;
 
 /// Generated at build time from `src/sys/bindings.h` with the kernel's own
 /// bindgen flags (see `Kbuild`).
@@ -36,9 +43,36 @@ mod bindings {
     include!("bindings_generated.rs");
 }
 
+/// Error codes the `kernel` crate of the oldest supported line does not name.
+pub(crate) mod errno {
+    use super::bindings;
+    use kernel::error::Error;
+
+    /// `ENODATA`: a collect array is too small.
+    pub(crate) fn enodata() -> Error {
+        Error::from_errno(-(bindings::ENODATA as i32))
+    }
+
+    /// `EALREADY`: already taken, or already in a snapshot.
+    pub(crate) fn ealready() -> Error {
+        Error::from_errno(-(bindings::EALREADY as i32))
+    }
+
+    /// `EOVERFLOW`: a count does not fit the UAPI field.
+    pub(crate) fn eoverflow() -> Error {
+        Error::from_errno(-(bindings::EOVERFLOW as i32))
+    }
+}
+
 /// Whether the current task has `CAP_SYS_ADMIN` in the initial user namespace.
 pub(crate) fn capable_sys_admin() -> bool {
     // SAFETY: `capable` only reads the current task's credentials and may be
     // called from any process context.
     unsafe { bindings::capable(bindings::CAP_SYS_ADMIN as kernel::ffi::c_int) }
+}
+
+/// Fills `id` with a random (version 4) UUID.
+pub(crate) fn generate_random_uuid(id: &mut [u8; 16]) {
+    // SAFETY: `id` is 16 writable bytes, as the function requires.
+    unsafe { bindings::generate_random_uuid(id.as_mut_ptr()) }
 }

@@ -1,13 +1,22 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * The few things Rust cannot say to this kernel: module_param macros.
- * Storage, defaults and validation of the parameters live in Rust
- * (src/params.rs, src/sys/params.rs); this only registers them.
+ * The few things Rust cannot say to this kernel: macros, static inlines and
+ * the ftrace trampoline. Each function only forwards; policy, state and
+ * validation live in Rust (see shim.h for who calls what).
  */
+#include <linux/bio.h>
+#include <linux/blkdev.h>
+#include <linux/ftrace.h>
 #include <linux/module.h>
 #include <linux/moduleparam.h>
+#include <linux/rcupdate.h>
+#include <linux/sched.h>
+#include <linux/spinlock.h>
+#include <linux/xarray.h>
 
 #include "shim.h"
+
+/* Module parameters: storage and validation in src/sys/params.rs. */
 
 static const struct kernel_param_ops blksnap_param_ops = {
 	.set = blksnap_param_set,
@@ -39,3 +48,135 @@ BLKSNAP_PARAM(free_diff_buffer_pool_size,
 	      "The size of the pool of preallocated difference buffers");
 BLKSNAP_PARAM(diff_storage_minimum,
 	      "Difference storage requested at create and kept free (sectors)");
+
+/* The bio hook. */
+
+static void notrace blksnap_ftrace_handler(unsigned long ip,
+					   unsigned long parent_ip,
+					   struct ftrace_ops *ops,
+					   struct ftrace_regs *fregs)
+{
+	/* The module's own submissions (blksnap_bio_pass) go through. */
+	if (!within_module(parent_ip, THIS_MODULE))
+		ftrace_regs_set_instruction_pointer(
+			fregs, (unsigned long)blksnap_bio_hook);
+}
+
+static struct ftrace_ops blksnap_ftrace_ops = {
+	.func = blksnap_ftrace_handler,
+	.flags = FTRACE_OPS_FL_SAVE_REGS | FTRACE_OPS_FL_IPMODIFY,
+};
+
+int blksnap_hook_install(void)
+{
+	unsigned long ip = (unsigned long)submit_bio_noacct;
+	int ret;
+
+	ret = ftrace_set_filter_ip(&blksnap_ftrace_ops, ip, 0, 0);
+	if (ret)
+		return ret;
+	ret = register_ftrace_function(&blksnap_ftrace_ops);
+	if (ret)
+		ftrace_set_filter_ip(&blksnap_ftrace_ops, ip, 1, 0);
+	return ret;
+}
+
+void blksnap_hook_remove(void)
+{
+	unregister_ftrace_function(&blksnap_ftrace_ops);
+	ftrace_set_filter_ip(&blksnap_ftrace_ops,
+			     (unsigned long)submit_bio_noacct, 1, 0);
+}
+
+void blksnap_bio_pass(struct bio *bio)
+{
+	submit_bio_noacct(bio);
+	/*
+	 * Keep the call a real call: as a tail call, the hook would see the
+	 * original caller as the parent and redirect the bio forever.
+	 */
+	barrier();
+}
+
+void blksnap_bio_get_info(struct bio *bio, struct blksnap_bio_info *info)
+{
+	struct block_device *bdev = bio->bi_bdev;
+
+	info->dev = bdev->bd_dev;
+	info->whole_dev = bdev_whole(bdev)->bd_dev;
+	info->sector = bio->bi_iter.bi_sector;
+	info->start_sect = bdev_is_partition(bdev) ? bdev->bd_start_sect : 0;
+	info->sectors = bio_sectors(bio);
+	info->op = bio_op(bio);
+	info->nowait = bio->bi_opf & REQ_NOWAIT;
+	info->stacked = current->bio_list != NULL;
+}
+
+/* Locks and RCU. */
+
+DEFINE_XARRAY(blksnap_tracker_index);
+static DEFINE_RWLOCK(blksnap_take_lock);
+
+void blksnap_rcu_read_lock(void)
+{
+	rcu_read_lock();
+}
+
+void blksnap_rcu_read_unlock(void)
+{
+	rcu_read_unlock();
+}
+
+unsigned long blksnap_spin_lock_irqsave(struct spinlock *lock)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(lock, flags);
+	return flags;
+}
+
+void blksnap_spin_unlock_irqrestore(struct spinlock *lock, unsigned long flags)
+{
+	spin_unlock_irqrestore(lock, flags);
+}
+
+unsigned long blksnap_take_read_lock(void)
+{
+	unsigned long flags;
+
+	read_lock_irqsave(&blksnap_take_lock, flags);
+	return flags;
+}
+
+void blksnap_take_read_unlock(unsigned long flags)
+{
+	read_unlock_irqrestore(&blksnap_take_lock, flags);
+}
+
+unsigned long blksnap_take_write_lock(void)
+{
+	unsigned long flags;
+
+	write_lock_irqsave(&blksnap_take_lock, flags);
+	return flags;
+}
+
+void blksnap_take_write_unlock(unsigned long flags)
+{
+	write_unlock_irqrestore(&blksnap_take_lock, flags);
+}
+
+sector_t blksnap_bdev_nr_sectors(struct block_device *bdev)
+{
+	return bdev_nr_sectors(bdev);
+}
+
+dev_t blksnap_bdev_dev(struct block_device *bdev)
+{
+	return bdev->bd_dev;
+}
+
+int blksnap_xa_insert(struct xarray *xa, unsigned long index, void *entry)
+{
+	return xa_insert(xa, index, entry, GFP_KERNEL);
+}

@@ -1,11 +1,66 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* What src/sys/shim.c and the Rust side export to each other. */
+/*
+ * What src/sys/shim.c and the Rust side export to each other. Everything
+ * here wraps a macro or a static inline of the kernel, or is the ftrace
+ * trampoline; the logic is in Rust.
+ */
 #ifndef BLKSNAP_SHIM_H
 #define BLKSNAP_SHIM_H
 
+#include <linux/blkdev.h>
+#include <linux/types.h>
+
+/* Macros with casts that bindgen cannot evaluate. */
+enum { BLKSNAP_OPEN_READ = (__force unsigned int)BLK_OPEN_READ };
+
+struct bio;
+struct block_device;
 struct kernel_param;
+struct xarray;
+struct spinlock;
+struct rwlock;
 
 /* Rust: validates and stores a module parameter (kernel_param_ops.set). */
 int blksnap_param_set(const char *val, const struct kernel_param *kp);
+
+/* The bio hook: an ftrace ops on submit_bio_noacct() that sends every bio
+ * submitted from outside the module to blksnap_bio_hook() (Rust). */
+int blksnap_hook_install(void);
+void blksnap_hook_remove(void);
+void blksnap_bio_hook(struct bio *bio);
+/* Passes a bio on to submit_bio_noacct() from inside the module. */
+void blksnap_bio_pass(struct bio *bio);
+
+/* What the bio filter needs to know of a bio, read with the static inlines
+ * of the block layer. */
+struct blksnap_bio_info {
+	dev_t dev;		/* the device the bio was submitted to */
+	dev_t whole_dev;	/* its whole disk (== dev unless a partition) */
+	u64 sector;		/* first sector, relative to dev */
+	u64 start_sect;		/* dev's first sector on whole_dev */
+	u32 sectors;		/* length in sectors */
+	u32 op;			/* REQ_OP_* */
+	bool nowait;		/* REQ_NOWAIT: the submitter must not sleep */
+	bool stacked;		/* submitted from inside a stacked driver */
+};
+void blksnap_bio_get_info(struct bio *bio, struct blksnap_bio_info *info);
+
+/* The index of tracked devices: dev_t -> tracker, RCU-safe loads. */
+extern struct xarray blksnap_tracker_index;
+int blksnap_xa_insert(struct xarray *xa, unsigned long index, void *entry);
+
+void blksnap_rcu_read_lock(void);
+void blksnap_rcu_read_unlock(void);
+
+/* IRQ-safe spinlock and reader-writer lock operations. */
+unsigned long blksnap_spin_lock_irqsave(struct spinlock *lock);
+void blksnap_spin_unlock_irqrestore(struct spinlock *lock, unsigned long flags);
+unsigned long blksnap_take_read_lock(void);
+void blksnap_take_read_unlock(unsigned long flags);
+unsigned long blksnap_take_write_lock(void);
+void blksnap_take_write_unlock(unsigned long flags);
+
+sector_t blksnap_bdev_nr_sectors(struct block_device *bdev);
+dev_t blksnap_bdev_dev(struct block_device *bdev);
 
 #endif

@@ -14,6 +14,7 @@
     missing_docs,
     non_camel_case_types,
     non_upper_case_globals,
+    unreachable_pub,
     clippy::all
 )]
 
@@ -22,3 +23,28 @@ include!("abi.rs");
 
 // SAFETY: four `u16`s, no padding: every byte is initialised.
 unsafe impl kernel::types::AsBytes for blk_snap_version {}
+
+/// Marks UAPI structs that user space hands in as readable from any bytes.
+macro_rules! from_user_bytes {
+    ($($t:ty),*) => {
+        // SAFETY: integers, byte arrays and raw pointers only (the layout is
+        // pinned by abi.rs): every bit pattern is a valid value.
+        $(unsafe impl kernel::types::FromBytes for $t {})*
+    };
+}
+
+from_user_bytes!(
+    blk_snap_dev,
+    blk_snap_uuid,
+    blk_snap_block_range,
+    blk_snap_tracker_remove,
+    blk_snap_tracker_collect,
+    blk_snap_tracker_read_cbt_bitmap,
+    blk_snap_tracker_mark_dirty_blocks,
+    blk_snap_snapshot_create,
+    blk_snap_snapshot_destroy,
+    blk_snap_snapshot_append_storage,
+    blk_snap_snapshot_take,
+    blk_snap_snapshot_collect,
+    blk_snap_snapshot_collect_images
+);

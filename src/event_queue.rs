@@ -1,0 +1,137 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A snapshot's event queue: what SNAPSHOT_WAIT_EVENT hands to user space.
+//!
+//! Events are kept in a ring allocated at snapshot create, so queuing one
+//! never allocates (it may happen on the I/O path). When the ring is full
+//! the oldest event is dropped: the newest state matters most.
+//!
+//! Locking: `inner` (a spinlock, taken with interrupts enabled: events are
+//! queued from process context and work items only) protects the ring and
+//! the closed flag; `wait` is signalled on every push and on close.
+
+use kernel::{
+    new_condvar, new_spinlock,
+    prelude::*,
+    sync::{CondVar, CondVarTimeoutResult, SpinLock},
+    time::msecs_to_jiffies,
+};
+
+/// Events kept before the oldest is dropped.
+const CAPACITY: usize = 64;
+
+/// Bytes of event data the UAPI events use.
+pub(crate) const DATA_LEN: usize = 16;
+
+/// One event.
+#[derive(Clone, Copy)]
+pub(crate) struct Event {
+    /// `blk_snap_event_code_*`.
+    pub(crate) code: u32,
+    /// When it happened, ktime in nanoseconds.
+    pub(crate) time_ns: i64,
+    /// The start of the UAPI event body.
+    pub(crate) data: [u8; DATA_LEN],
+}
+
+struct Inner {
+    /// `CAPACITY` slots, allocated at creation.
+    ring: KVec<Event>,
+    /// Index of the oldest event.
+    head: usize,
+    len: usize,
+    closed: bool,
+}
+
+/// The queue of one snapshot.
+#[pin_data]
+pub(crate) struct EventQueue {
+    #[pin]
+    inner: SpinLock<Inner>,
+    #[pin]
+    wait: CondVar,
+}
+
+impl EventQueue {
+    /// An empty queue with its ring allocated.
+    pub(crate) fn new() -> Result<impl PinInit<Self, Error>> {
+        let empty = Event {
+            code: 0,
+            time_ns: 0,
+            data: [0; DATA_LEN],
+        };
+        let ring = KVec::from_elem(empty, CAPACITY, GFP_KERNEL)?;
+        let inner = Inner {
+            ring,
+            head: 0,
+            len: 0,
+            closed: false,
+        };
+        Ok(try_pin_init!(EventQueue {
+            inner <- new_spinlock!(inner, "blksnap_event_queue"),
+            wait <- new_condvar!("blksnap_event_wait"),
+        }))
+    }
+
+    /// Queues an event and wakes a waiter. Never allocates or sleeps.
+    pub(crate) fn push(&self, code: u32, data: &[u8]) {
+        let mut event = Event {
+            code,
+            time_ns: kernel::time::Ktime::ktime_get().to_ns(),
+            data: [0; DATA_LEN],
+        };
+        let n = data.len().min(DATA_LEN);
+        event.data[..n].copy_from_slice(&data[..n]);
+        {
+            let mut q = self.inner.lock();
+            if q.closed {
+                return;
+            }
+            if q.len < CAPACITY {
+                let tail = (q.head + q.len) % CAPACITY;
+                if let Some(slot) = q.ring.get_mut(tail) {
+                    *slot = event;
+                    q.len += 1;
+                }
+            } else {
+                let head = q.head;
+                if let Some(slot) = q.ring.get_mut(head) {
+                    *slot = event;
+                }
+                q.head = (head + 1) % CAPACITY;
+            }
+        }
+        self.wait.notify_one();
+    }
+
+    /// Waits up to `timeout_ms` for an event. `ENOENT` on timeout, `EINTR`
+    /// on a signal, `ESRCH` once the snapshot is destroyed.
+    pub(crate) fn wait(&self, timeout_ms: u32) -> Result<Event> {
+        let mut jiffies = msecs_to_jiffies(timeout_ms);
+        let mut q = self.inner.lock();
+        loop {
+            if q.closed {
+                return Err(ESRCH);
+            }
+            if let Some(&e) = q.ring.get(q.head).filter(|_| q.len > 0) {
+                q.head = (q.head + 1) % CAPACITY;
+                q.len -= 1;
+                return Ok(e);
+            }
+            if jiffies == 0 {
+                return Err(ENOENT);
+            }
+            match self.wait.wait_interruptible_timeout(&mut q, jiffies) {
+                CondVarTimeoutResult::Timeout => jiffies = 0,
+                CondVarTimeoutResult::Woken { jiffies: left } => jiffies = left,
+                CondVarTimeoutResult::Signal { .. } => return Err(EINTR),
+            }
+        }
+    }
+
+    /// Wakes every waiter with `ESRCH`; later pushes are dropped.
+    pub(crate) fn close(&self) {
+        self.inner.lock().closed = true;
+        self.wait.notify_all();
+    }
+}

@@ -1,0 +1,62 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! [`BioHook`]: every bio submitted on the system passes through the bio
+//! filter first.
+//!
+//! The C shim's ftrace ops on `submit_bio_noacct` redirects each call made
+//! from outside the module to `blksnap_bio_hook`, which asks the filter
+//! (`crate::filter::submit`) and passes the bio on from inside the module,
+//! where the ops lets it through. The module's own I/O therefore never
+//! reaches the filter.
+//!
+//! Locking: none; [`INFLIGHT`] counts the calls inside the hook so removal
+//! can wait for them to leave the module's text.
+
+use super::{bindings, bio::BioInfo};
+use core::sync::atomic::{AtomicUsize, Ordering};
+use kernel::{error::to_result, prelude::*};
+
+/// Calls currently inside `blksnap_bio_hook`.
+static INFLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// The installed hook; removed on drop.
+pub(crate) struct BioHook(());
+
+impl BioHook {
+    /// Installs the hook: from now on every bio goes through the filter.
+    pub(crate) fn install() -> Result<Self> {
+        // SAFETY: registers the shim's static ftrace ops once; `Drop`
+        // unregisters it.
+        to_result(unsafe { bindings::blksnap_hook_install() })?;
+        Ok(BioHook(()))
+    }
+}
+
+impl Drop for BioHook {
+    fn drop(&mut self) {
+        // SAFETY: installed by `install`. Unregistering waits until no CPU
+        // is in the ftrace handler any more.
+        unsafe { bindings::blksnap_hook_remove() };
+        super::sync::synchronize_rcu();
+        while INFLIGHT.load(Ordering::Acquire) != 0 {
+            // SAFETY: process context (module unload).
+            unsafe { bindings::msleep(1) };
+        }
+    }
+}
+
+/// Where the ftrace ops sends `submit_bio_noacct(bio)` calls.
+///
+/// # Safety
+///
+/// Called in place of `submit_bio_noacct` with the caller's bio.
+#[no_mangle]
+unsafe extern "C" fn blksnap_bio_hook(bio: *mut bindings::bio) {
+    INFLIGHT.fetch_add(1, Ordering::AcqRel);
+    // SAFETY: the submitter owns `bio` until it is passed on.
+    let info = unsafe { BioInfo::read(bio) };
+    crate::filter::submit(&info);
+    // SAFETY: passes the submitter's bio on, as `submit_bio_noacct` would.
+    unsafe { bindings::blksnap_bio_pass(bio) };
+    INFLIGHT.fetch_sub(1, Ordering::AcqRel);
+}

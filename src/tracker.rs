@@ -1,0 +1,243 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Trackers: one per tracked device, owning its open block device and its
+//! change-tracking map.
+//!
+//! A tracker is created by the first SNAPSHOT_CREATE that names its device
+//! and lives until TRACKER_REMOVE or module unload. The [`Registry`] owns
+//! the list of trackers and indexes them by device number in the
+//! module's [`DevIndex`], which the bio filter searches without locks.
+//!
+//! Locking:
+//! * `Registry::inner` (a mutex) serializes every change to the set of
+//!   trackers and snapshots and every decision about membership.
+//! * `Tracker::cbt` (an IRQ-safe spinlock) protects the map; the filter
+//!   takes it under the take barrier, so TAKE (which holds the barrier for
+//!   writing) switches maps at one point in time.
+//! * Order: registry mutex, then take barrier, then a tracker's map lock.
+
+use crate::{
+    cbt_map::{CbtMap, Geometry, Switch},
+    params::Params,
+    sys::{
+        bdev::{self, BlockDevice},
+        dev_index::DevIndex,
+        sync::{new_irq_spinlock, IrqSpinLock},
+        vec::VecExt,
+    },
+    uapi::{blk_snap_cbt_info, blk_snap_dev, blk_snap_uuid},
+};
+use kernel::{alloc::VVec, prelude::*, sync::Arc};
+
+/// Storage of one CBT table: virtually contiguous, so large devices need no
+/// high-order allocation.
+pub(crate) type Table = VVec<u8>;
+
+/// The trackers by device number, for the bio filter.
+// SAFETY: the only `DevIndex`; the registry empties it before unload.
+pub(crate) static INDEX: DevIndex<Tracker> = unsafe { DevIndex::new() };
+
+/// Change tracking of one device.
+#[pin_data]
+pub(crate) struct Tracker {
+    dev: u32,
+    bdev: BlockDevice,
+    #[pin]
+    cbt: IrqSpinLock<CbtMap<Table>>,
+}
+
+/// Allocates two zeroed tables for `geometry`.
+fn tables(geometry: &Geometry) -> Result<(Table, Table)> {
+    let len = usize::try_from(geometry.blk_count).map_err(|_| EFBIG)?;
+    Ok((
+        VVec::from_elem(0, len, GFP_KERNEL)?,
+        VVec::from_elem(0, len, GFP_KERNEL)?,
+    ))
+}
+
+/// A random generation id (a version 4 UUID).
+pub(crate) fn random_uuid() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    crate::sys::generate_random_uuid(&mut id);
+    id
+}
+
+/// A fresh map for a device's current capacity.
+struct FreshMap {
+    geometry: Geometry,
+    active: Table,
+    readable: Table,
+}
+
+impl FreshMap {
+    fn new(capacity: u64, params: &Params) -> Result<Self> {
+        let geometry = Geometry::new(capacity, params).map_err(|_| EFBIG)?;
+        let (active, readable) = tables(&geometry)?;
+        Ok(FreshMap {
+            geometry,
+            active,
+            readable,
+        })
+    }
+}
+
+impl Tracker {
+    /// Opens `dev` and creates its tracker with empty tables.
+    fn new(dev: u32, params: &Params) -> Result<Arc<Self>> {
+        let bdev = BlockDevice::open(dev)?;
+        let fresh = FreshMap::new(bdev.nr_sectors(), params)?;
+        let map = CbtMap::new(fresh.geometry, fresh.active, fresh.readable, random_uuid())
+            .ok_or(EINVAL)?;
+        Arc::pin_init(
+            pin_init!(Tracker {
+                dev,
+                bdev,
+                cbt <- new_irq_spinlock!(map, "blksnap_tracker_cbt"),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    /// The tracked device (`dev_t`).
+    pub(crate) fn dev(&self) -> u32 {
+        self.dev
+    }
+
+    /// The tracked device, held open.
+    pub(crate) fn bdev(&self) -> &BlockDevice {
+        &self.bdev
+    }
+
+    /// Marks sectors `[sector, sector + count)` changed by I/O. Called by
+    /// the filter under the take barrier; never sleeps.
+    pub(crate) fn mark(&self, sector: u64, count: u64) {
+        self.cbt.lock().mark(sector, count);
+    }
+
+    /// MARK_DIRTY_BLOCKS and image writes: marks both tables.
+    pub(crate) fn mark_dirty(&self, sector: u64, count: u64) {
+        self.cbt.lock().mark_both(sector, count);
+    }
+
+    /// The UAPI description of this tracker.
+    pub(crate) fn info(&self) -> blk_snap_cbt_info {
+        let cbt = self.cbt.lock();
+        let g = cbt.geometry();
+        blk_snap_cbt_info {
+            dev_id: blk_snap_dev {
+                mj: bdev::major(self.dev),
+                mn: bdev::minor(self.dev),
+            },
+            blk_size: g.blk_size(),
+            device_capacity: g.capacity.saturating_mul(512),
+            blk_count: g.blk_count,
+            generation_id: blk_snap_uuid {
+                b: *cbt.generation_id(),
+            },
+            snap_number: cbt.snap_number(),
+        }
+    }
+
+    /// Copies the readable table from byte `offset` into `out`.
+    pub(crate) fn read_cbt(&self, offset: usize, out: &mut [u8]) -> usize {
+        self.cbt.lock().read(offset, out)
+    }
+
+    /// Prepares TAKE: new tables if the capacity changed since the map was
+    /// made. Called before the barrier is taken, since it allocates.
+    pub(crate) fn prepare_switch(&self, params: &Params) -> Result<Option<PreparedSwitch>> {
+        let capacity = self.bdev.nr_sectors();
+        if capacity == self.cbt.lock().geometry().capacity {
+            return Ok(None);
+        }
+        Ok(Some(PreparedSwitch(FreshMap::new(capacity, params)?)))
+    }
+
+    /// TAKE, with the take barrier held for writing: resets the map if
+    /// `prepared` has new tables, then switches it. Returns the tables it
+    /// replaced, to be freed after the barrier is released.
+    pub(crate) fn switch(
+        &self,
+        prepared: Option<PreparedSwitch>,
+        new_generation: [u8; 16],
+    ) -> Option<(Table, Table)> {
+        let mut cbt = self.cbt.lock();
+        let old = prepared.and_then(|PreparedSwitch(f)| {
+            cbt.reset(f.geometry, f.active, f.readable, new_generation)
+        });
+        if cbt.switch(new_generation) == Switch::Wrapped {
+            pr_info!(
+                "{}:{}: change tracking wrapped, new generation\n",
+                bdev::major(self.dev),
+                bdev::minor(self.dev)
+            );
+        }
+        old
+    }
+}
+
+/// New tables for TAKE, allocated outside the barrier.
+pub(crate) struct PreparedSwitch(FreshMap);
+
+/// The set of trackers.
+pub(crate) struct Registry {
+    trackers: KVec<Arc<Tracker>>,
+}
+
+impl Registry {
+    /// No trackers.
+    pub(crate) fn new() -> Self {
+        Registry {
+            trackers: KVec::new(),
+        }
+    }
+
+    /// The tracker of `dev`, if any.
+    pub(crate) fn find(&self, dev: u32) -> Option<&Arc<Tracker>> {
+        self.trackers.iter().find(|t| t.dev == dev)
+    }
+
+    /// The tracker of `dev`, created (and indexed) if there is none.
+    pub(crate) fn attach(&mut self, dev: u32, params: &Params) -> Result<Arc<Tracker>> {
+        if let Some(t) = self.find(dev) {
+            return Ok(t.clone());
+        }
+        let tracker = Tracker::new(dev, params)?;
+        self.trackers.reserve(1, GFP_KERNEL)?;
+        INDEX.insert(dev, tracker.clone())?;
+        // Cannot fail: reserved above.
+        self.trackers.push(tracker.clone(), GFP_KERNEL)?;
+        Ok(tracker)
+    }
+
+    /// Stops tracking `dev`. `ENODEV` if it is not tracked. The caller has
+    /// checked that no snapshot holds it.
+    pub(crate) fn remove(&mut self, dev: u32) -> Result {
+        let pos = self
+            .trackers
+            .iter()
+            .position(|t| t.dev == dev)
+            .ok_or(ENODEV)?;
+        drop(INDEX.remove(dev));
+        drop(self.trackers.swap_remove(pos));
+        Ok(())
+    }
+
+    /// Every tracker.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Tracker>> {
+        self.trackers.iter()
+    }
+
+    /// Number of trackers.
+    pub(crate) fn len(&self) -> usize {
+        self.trackers.len()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        for t in self.trackers.iter() {
+            drop(INDEX.remove(t.dev));
+        }
+    }
+}
