@@ -1,0 +1,167 @@
+# shellcheck shell=bash
+# Helpers for the change-tracking and snapshot tests (tests/vm/1?-*.sh), on
+# top of tests/lib.sh: test devices that are cleaned up at exit, module
+# loading, and the raw ioctl tools.
+#
+#   bs ARGS...                  tests/tools/bsctl.py (raw blksnap ioctls)
+#   cbt_model ARGS...           tests/tools/cbt_model.py (the CBT model check)
+#   at_exit CMD                 run the shell command CMD at exit (last added first)
+#   cbt_setup_exit_trap         install the exit trap (call once, after ktap_plan)
+#   blksnap_load [PARAM=V...]   (re)load blksnap.ko with these parameters
+#   blksnap_clear               destroy every snapshot and remove every tracker
+#   brd_setup COUNT SIZE_KIB    load brd with COUNT ramdisks /dev/ram0.. of SIZE_KIB
+#   loop_setup SIZE [ARGS...]   a loop device over a new file in /tmp; prints
+#                               its path (ARGS go to losetup, e.g. -P)
+#   dm_linear NAME DEV START LEN  a dm-linear device over sectors START..+LEN of
+#                               DEV; prints its /dev/dm-N path
+#   devno PATH                  MAJOR:MINOR of a block device
+#   kv KEY TEXT                 the VALUE of the first KEY=VALUE word in TEXT
+#   snap_id OUTPUT              the id from "bs create" output
+#   wait_for PATH [SECONDS]     wait until PATH exists
+#   expect_errno_in A|B DESC CMD...  like expect_errno, any of the errno names
+#   case_fn DESC CMD...         one case: ok if CMD succeeds, else its output
+#   want_errno NAME CMD...      succeeds if CMD fails with errno=NAME, else says why
+#
+# Devices are released in reverse order of creation at exit, after blksnap is
+# unloaded (it holds the devices it tracks open).
+
+# shellcheck source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+bs() { "$PYTHON" "$TESTS_DIR/tools/bsctl.py" "$@"; }
+cbt_model() { "$PYTHON" "$TESTS_DIR/tools/cbt_model.py" "$@"; }
+
+_AT_EXIT=()
+at_exit() { _AT_EXIT+=("$1"); }
+
+_cbt_exit() {
+	local rc=$? i
+	set +e
+	blksnap_clear >/dev/null 2>&1
+	blksnap_unload >/dev/null 2>&1 || { sleep 1; rmmod blksnap >/dev/null 2>&1; }
+	for ((i = ${#_AT_EXIT[@]} - 1; i >= 0; i--)); do
+		eval "${_AT_EXIT[i]}" >/dev/null 2>&1
+	done
+	_AT_EXIT=()
+	return "$rc"
+}
+
+cbt_setup_exit_trap() {
+	trap _cbt_exit EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
+}
+
+blksnap_clear() {
+	blksnap_loaded || return 0
+	local id dev
+	for id in $(bs collect --count 64 2>/dev/null | sed -n 's/^id=//p'); do
+		bs destroy "$id" >/dev/null 2>&1
+	done
+	for dev in $(bs trackers --count 256 2>/dev/null | sed -n 's/^dev=\([0-9:]*\) .*/\1/p'); do
+		bs remove "$dev" >/dev/null 2>&1
+	done
+}
+
+blksnap_load() {
+	if blksnap_loaded; then
+		blksnap_clear
+		rmmod blksnap || return 1
+	fi
+	insmod "$BLKSNAP_KO" "$@" || return 1
+	wait_for "$BLKSNAP_DEV" 5
+}
+
+wait_for() {
+	local path=$1 n=$((${2:-10} * 10))
+	while [ ! -e "$path" ] && ((n-- > 0)); do
+		sleep 0.1
+	done
+	[ -e "$path" ]
+}
+
+brd_setup() {
+	local count=$1 size=$2 i
+	if [ -e /sys/module/brd ]; then
+		rmmod brd || return 1
+	fi
+	modprobe brd rd_nr="$count" rd_size="$size" max_part=0 || return 1
+	at_exit "rmmod brd"
+	for ((i = 0; i < count; i++)); do
+		wait_for "/dev/ram$i" 5 || return 1
+	done
+}
+
+loop_setup() {
+	local size=$1 file dev
+	shift
+	file=$(mktemp /tmp/cbt-loop.XXXXXX) || return 1
+	at_exit "rm -f '$file'"
+	truncate -s "$size" "$file" || return 1
+	dev=$(losetup -f --show "$@" "$file") || return 1
+	at_exit "losetup -d '$dev'"
+	wait_for "$dev" 5 || return 1
+	echo "$dev"
+}
+
+dm_linear() {
+	local name=$1 dev=$2 start=$3 len=$4 mm
+	dmsetup create --noudevsync "$name" --table "0 $len linear $dev $start" || return 1
+	at_exit "dmsetup remove --noudevsync '$name'"
+	mm=$(dmsetup info -c --noheadings -o major,minor "$name") || return 1
+	mm=${mm// /}
+	wait_for "/dev/dm-${mm#*:}" 5 || return 1
+	echo "/dev/dm-${mm#*:}"
+}
+
+devno() {
+	local t
+	t=$(stat -L -c '%t:%T' "$1") || return 1
+	printf '%d:%d\n' "0x${t%%:*}" "0x${t##*:}"
+}
+
+snap_id() { sed -n 's/^id=//p' <<<"$1"; }
+
+# The value of KEY=VALUE words in output lines.
+kv() { grep -o "\\b$1=[^ ]*" <<<"$2" | head -n1 | cut -d= -f2-; }
+
+# Like expect_errno, with a |-separated list of acceptable errno names.
+expect_errno_in() {
+	local want=$1 desc=$2 out rc got
+	shift 2
+	out=$("$@" 2>&1) && rc=0 || rc=$?
+	got=$(sed -n 's/^errno=//p' <<<"$out" | head -n1)
+	if [ "$rc" = 1 ] && [ -n "$got" ] && [[ "|$want|" == *"|$got|"* ]]; then
+		ktap_ok "$desc"
+	else
+		ktap_diag "expected errno in $want"
+		ktap_diag "command: $*" "exit status: $rc"
+		[ -z "$out" ] || ktap_diag "$(tail -n 25 <<<"$out")"
+		ktap_fail "$desc"
+	fi
+}
+
+# Runs a function (or command) as one case: ok if it succeeds, otherwise
+# not ok with its output.
+case_fn() {
+	local desc=$1 out rc
+	shift
+	out=$("$@" 2>&1) && rc=0 || rc=$?
+	if [ "$rc" = 0 ]; then
+		ktap_ok "$desc"
+	else
+		ktap_fail "$desc" "$(tail -n 30 <<<"$out")"
+	fi
+}
+
+# Fails (prints why) unless the output of a bsctl call has errno=NAME.
+want_errno() {
+	local want=$1 out rc
+	shift
+	out=$("$@" 2>&1) && rc=0 || rc=$?
+	if [ "$rc" = 1 ] && grep -qx "errno=$want" <<<"$out"; then
+		return 0
+	fi
+	echo "$*: expected errno=$want, got exit $rc: $out"
+	return 1
+}

@@ -1,0 +1,251 @@
+#!/usr/bin/env bash
+# Tracked devices that go away: scsi_debug disks deleted through sysfs while
+# tracked, while in a created snapshot and while in a taken one (with a
+# writer running), a loop device detached while tracked, a dm device removed
+# with --force. Nothing crashes (vm.sh scans the kernel log), TRACKER_COLLECT
+# keeps working, the trackers can be removed, the devices are released, and
+# the modules unload.
+# shellcheck source-path=SCRIPTDIR disable=SC2015,SC2119 # "test && test || fail" is meant
+source "$(dirname "$0")/../cbt-lib.sh"
+require_vm
+
+ktap_plan 12
+
+if [ ! -f "$BLKSNAP_KO" ]; then
+	ktap_diag "$BLKSNAP_KO is missing (the module did not build)"
+	ktap_fail_rest "no blksnap.ko"
+	ktap_finish
+fi
+cbt_setup_exit_trap
+blksnap_unload
+
+# Three scsi_debug disks (one host each).
+sd_disks() {
+	local d
+	for d in /sys/bus/pseudo/drivers/scsi_debug/adapter*/host*/target*/*/block/*; do
+		[ -e "$d" ] && basename "$d"
+	done | sort
+}
+SD=()
+sd_setup() {
+	[ ! -e /sys/module/scsi_debug ] || rmmod scsi_debug || return 1
+	modprobe scsi_debug dev_size_mb=16 add_host=3 num_tgts=1 max_luns=1 || return 1
+	at_exit "rmmod scsi_debug"
+	local n=100
+	while (($(sd_disks | wc -l) < 3)) && ((n-- > 0)); do sleep 0.1; done
+	mapfile -t SD < <(sd_disks)
+	((${#SD[@]} == 3)) || { echo "scsi_debug disks: ${SD[*]}"; return 1; }
+	for d in "${SD[@]}"; do wait_for "/dev/$d" 5 || return 1; done
+	echo "scsi_debug disks: ${SD[*]}"
+}
+setup_bad=
+sd_setup >/tmp/cbt-sd-setup 2>&1 || setup_bad="scsi_debug: $(cat /tmp/cbt-sd-setup)"
+rm -f /tmp/cbt-sd-setup
+[ -n "$setup_bad" ] || brd_setup 1 8192 || setup_bad="brd failed"
+[ -n "$setup_bad" ] || blksnap_load || setup_bad="insmod $BLKSNAP_KO failed"
+if [ -n "$setup_bad" ]; then
+	ktap_diag "$setup_bad"
+	ktap_fail_rest "setup failed"
+	ktap_finish
+fi
+ktap_diag "scsi_debug disks: ${SD[*]}"
+
+tracked_devs() { bs trackers --count 64 | sed -n 's/^dev=\([0-9:]*\) .*/\1/p'; }
+# Removes the tracker of $1 (MAJ:MIN): success, or ENODEV if the module
+# dropped it itself; either way it must not be listed afterwards.
+untrack() {
+	local out
+	out=$(bs remove "$1" 2>&1) || grep -qx errno=ENODEV <<<"$out" ||
+		{ echo "TRACKER_REMOVE $1: $out"; return 1; }
+	out=$(bs trackers --count 64) || { echo "TRACKER_COLLECT: $out"; return 1; }
+	! grep -q "^dev=$1 " <<<"$out" || { echo "$1 still listed: $out"; return 1; }
+}
+sd_delete() { echo 1 >"/sys/block/$1/device/delete"; }
+gone() {
+	local n=50
+	while [ -e "/sys/block/$1" ] && ((n-- > 0)); do sleep 0.1; done
+	[ ! -e "/sys/block/$1" ]
+}
+
+# ---- deleted while tracked (no snapshot)
+sd_tracked() {
+	local d=${SD[0]} dn id out
+	dn=$(devno "/dev/$d")
+	id=$(snap_id "$(bs create "/dev/$d")") && [ -n "$id" ] || { echo "CREATE failed"; return 1; }
+	bs take "$id" && bs destroy "$id" || { echo "TAKE/DESTROY failed"; return 1; }
+	dd if=/dev/urandom of="/dev/$d" bs=64k count=4 oflag=direct status=none
+	sd_delete "$d" || { echo "delete $d failed"; return 1; }
+	gone "$d" || { echo "/sys/block/$d still there"; return 1; }
+	out=$(bs trackers --count 64) || { echo "TRACKER_COLLECT after the delete: $out"; return 1; }
+	echo "after the delete: $out"
+	untrack "$dn"
+}
+case_fn "a tracked scsi_debug disk is deleted: TRACKER_COLLECT works, the tracker can be removed" \
+	sd_tracked
+
+# ---- deleted while in a created snapshot
+sd_created() {
+	local d=${SD[1]} dn id out
+	dn=$(devno "/dev/$d")
+	id=$(snap_id "$(bs create "/dev/$d" /dev/ram0)") && [ -n "$id" ] || { echo "CREATE failed"; return 1; }
+	sd_delete "$d" || { echo "delete $d failed"; return 1; }
+	gone "$d" || { echo "/sys/block/$d still there"; return 1; }
+	out=$(bs take "$id" 2>&1)
+	echo "TAKE after the delete: ${out:-ok}"
+	out=$(bs trackers --count 64) || { echo "TRACKER_COLLECT: $out"; return 1; }
+	bs destroy "$id" || { echo "DESTROY failed"; return 1; }
+	untrack "$dn" || return 1
+	untrack "$(devno /dev/ram0)"
+}
+case_fn "a disk deleted in a created snapshot: TAKE fails or works cleanly, DESTROY and remove work" \
+	sd_created
+
+# ---- deleted while in a taken snapshot, with a writer running
+sd_taken() {
+	local d=${SD[2]} dn id out w
+	dn=$(devno "/dev/$d")
+	id=$(snap_id "$(bs create "/dev/$d")") && [ -n "$id" ] || { echo "CREATE failed"; return 1; }
+	bs take "$id" || { echo "TAKE failed"; return 1; }
+	(while dd if=/dev/zero of="/dev/$d" bs=64k count=16 oflag=direct status=none 2>/dev/null; do :; done) &
+	w=$!
+	sleep 1
+	sd_delete "$d" || { echo "delete $d failed"; kill $w; return 1; }
+	gone "$d" || { echo "/sys/block/$d still there"; kill $w; return 1; }
+	sleep 1
+	kill $w 2>/dev/null
+	wait $w 2>/dev/null
+	out=$(bs read-map "$dn" --length 1024 2>&1)
+	echo "READ_CBT_MAP after the delete: $out"
+	out=$(bs trackers --count 64) || { echo "TRACKER_COLLECT: $out"; return 1; }
+	out=$(bs collect --count 8) || { echo "SNAPSHOT_COLLECT: $out"; return 1; }
+	grep -q "^id=$id" <<<"$out" || { echo "the snapshot is gone from SNAPSHOT_COLLECT: $out"; return 1; }
+	bs destroy "$id" || { echo "DESTROY failed"; return 1; }
+	untrack "$dn"
+}
+case_fn "a disk deleted under a taken snapshot while written: DESTROY and remove work" sd_taken
+no_trackers() {
+	local out
+	out=$(bs trackers --null) || { echo "TRACKER_COLLECT: $out"; return 1; }
+	grep -qx count=0 <<<"$out" || { echo "trackers left: $(bs trackers --count 64)"; return 1; }
+}
+case_fn "TRACKER_COLLECT works and lists no tracker after the deletions" no_trackers
+
+# The freed scsi_debug disks are released: new ones can come and be tracked.
+sd_again() {
+	local d id before out
+	before=$(sd_disks | tr '\n' ' ')
+	echo 1 >/sys/bus/pseudo/drivers/scsi_debug/add_host || return 1
+	local n=100
+	while [ "$(sd_disks | tr '\n' ' ')" = "$before" ] && ((n-- > 0)); do sleep 0.1; done
+	d=$(comm -13 <(tr ' ' '\n' <<<"$before" | sort) <(sd_disks) | head -n1)
+	[ -n "$d" ] && wait_for "/dev/$d" 5 || { echo "no new disk (had: $before)"; return 1; }
+	id=$(snap_id "$(bs create "/dev/$d")") && [ -n "$id" ] || { echo "CREATE on $d failed"; return 1; }
+	bs take "$id" || { echo "TAKE failed"; return 1; }
+	out=$(bs info "/dev/$d")
+	[ "$(kv capacity "$out")" = $((16 << 20)) ] || { echo "$d: wrong capacity: $out"; return 1; }
+	bs destroy "$id" && bs remove "/dev/$d" || { echo "DESTROY/REMOVE failed"; return 1; }
+	sd_delete "$d"
+	gone "$d"
+}
+case_fn "a new scsi_debug disk after the deletions is tracked with its own capacity" sd_again
+
+# ---- a loop device detached while tracked
+lp=$(loop_setup $((8 << 20))) || lp=
+loop_detached() {
+	local id out name dn
+	[ -n "$lp" ] || { echo "losetup failed"; return 1; }
+	name=$(basename "$lp")
+	dn=$(devno "$lp")
+	id=$(snap_id "$(bs create "$lp")") && [ -n "$id" ] || { echo "CREATE failed"; return 1; }
+	bs take "$id" || { echo "TAKE failed"; return 1; }
+	out=$(losetup -d "$lp" 2>&1) || echo "losetup -d while tracked: $out"
+	dd if=/dev/zero of="$lp" bs=4k count=1 oflag=direct status=none 2>/dev/null
+	out=$(bs trackers --count 64) || { echo "TRACKER_COLLECT: $out"; return 1; }
+	bs destroy "$id" || { echo "DESTROY failed"; return 1; }
+	untrack "$dn" || return 1
+	# With nobody holding it any more, the detach completes.
+	losetup -d "$lp" 2>/dev/null
+	local n=50
+	while [ -e "/sys/block/$name/loop/backing_file" ] && ((n-- > 0)); do sleep 0.1; done
+	[ ! -e "/sys/block/$name/loop/backing_file" ] ||
+		{ echo "$lp is still bound after the tracker went: $(losetup -l "$lp")"; return 1; }
+}
+case_fn "a loop device detached while tracked: remove works and the loop device is released" \
+	loop_detached
+
+# ---- a dm device removed with --force while tracked
+dm=$(dm_linear cbt-gone /dev/ram0 0 8192) || dm=
+dm_forced() {
+	local id out dn
+	[ -n "$dm" ] || { echo "dmsetup create failed"; return 1; }
+	dn=$(devno "$dm")
+	id=$(snap_id "$(bs create "$dm")") && [ -n "$id" ] || { echo "CREATE failed"; return 1; }
+	bs take "$id" || { echo "TAKE failed"; return 1; }
+	out=$(dmsetup remove --noudevsync --force cbt-gone 2>&1)
+	echo "dmsetup remove --force while tracked: $out"
+	dd if=/dev/zero of="$dm" bs=4k count=1 oflag=direct status=none 2>/dev/null
+	out=$(bs trackers --count 64) || { echo "TRACKER_COLLECT: $out"; return 1; }
+	bs destroy "$id" || { echo "DESTROY failed"; return 1; }
+	untrack "$dn" || return 1
+	dmsetup remove --noudevsync cbt-gone 2>/dev/null
+	local n=50
+	while dmsetup info cbt-gone >/dev/null 2>&1 && ((n-- > 0)); do sleep 0.1; done
+	! dmsetup info cbt-gone >/dev/null 2>&1 || { echo "cbt-gone still exists"; return 1; }
+}
+case_fn "a dm device removed with --force while tracked: remove works and dm lets it go" dm_forced
+
+# ---- a partition of a tracked disk deleted (the disk stays)
+pl=$(loop_setup $((8 << 20)) -P) || pl=
+part_gone() {
+	local id out
+	[ -n "$pl" ] || { echo "losetup failed"; return 1; }
+	"$PYTHON" -c '
+import struct, sys
+mbr = bytearray(512)
+mbr[446:462] = struct.pack("<B3sB3sII", 0, bytes(3), 0x83, bytes(3), 2048, 8192)
+mbr[510:512] = b"\x55\xaa"
+open(sys.argv[1], "r+b").write(mbr)' "$pl" || return 1
+	blockdev --rereadpt "$pl" || return 1
+	wait_for "${pl}p1" 5 || { echo "no ${pl}p1"; return 1; }
+	id=$(snap_id "$(bs create "$pl")") && [ -n "$id" ] || { echo "CREATE failed"; return 1; }
+	bs take "$id" || { echo "TAKE failed"; return 1; }
+	dd if=/dev/zero of="${pl}p1" bs=4k count=4 oflag=direct status=none || return 1
+	partx -d --nr 1 "$pl" || { echo "partx -d failed"; return 1; }
+	dd if=/dev/zero of="$pl" bs=4k count=4 seek=600 oflag=direct status=none || return 1
+	bs destroy "$id" || { echo "DESTROY failed"; return 1; }
+	id=$(snap_id "$(bs create "$pl")") && [ -n "$id" ] || { echo "second CREATE failed"; return 1; }
+	bs take "$id" || { echo "second TAKE failed"; return 1; }
+	out=$(bs map "$pl" --out /tmp/cbt-part-map) || { echo "map: $out"; return 1; }
+	bs destroy "$id"
+	echo "map: $out"
+	# The writes to the partition (1 MiB in) and to the disk (2.4 MiB in) are there.
+	"$PYTHON" -c '
+import sys
+m = open("/tmp/cbt-part-map", "rb").read()
+sys.exit(0 if m[16] == 2 and m[37] == 2 else f"blocks 16, 37: {m[16]}, {m[37]}; expected 2, 2")' ||
+		return 1
+	bs remove "$pl"
+}
+case_fn "a partition of a tracked disk deleted: the disk's tracking goes on" part_gone
+rm -f /tmp/cbt-part-map
+
+check "TRACKER_COLLECT works at the end" bs trackers --null
+out=$(rmmod blksnap 2>&1) && rc=0 || rc=$?
+if [ "$rc" = 0 ] && ! blksnap_loaded; then
+	ktap_ok "the module unloads after the removals"
+else
+	ktap_fail "the module unloads after the removals" "rmmod: exit $rc: $out"
+fi
+out=$(rmmod scsi_debug 2>&1) && rc=0 || rc=$?
+if [ "$rc" = 0 ]; then
+	ktap_ok "scsi_debug unloads afterwards (no device left held)"
+else
+	ktap_fail "scsi_debug unloads afterwards (no device left held)" "rmmod scsi_debug: $out"
+fi
+out=$(rmmod brd 2>&1) && rc=0 || rc=$?
+if [ "$rc" = 0 ]; then
+	ktap_ok "brd unloads afterwards (the dm device and ramdisk are released)"
+else
+	ktap_fail "brd unloads afterwards (the dm device and ramdisk are released)" "rmmod brd: $out"
+fi
+ktap_finish
