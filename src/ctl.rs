@@ -258,7 +258,7 @@ impl Control {
         let mut devs = KVVec::with_capacity(ids.len(), GFP_KERNEL)?;
         for id in ids.iter() {
             let dev = dev_t(id)?;
-            if devs.iter().any(|&d| d == dev) {
+            if devs.contains(&dev) {
                 return Err(EINVAL);
             }
             devs.push(dev, GFP_KERNEL)?;

@@ -49,7 +49,7 @@ macro_rules! params {
             pub const DEFAULT: Params = Params { $($field: $default,)* };
 
             /// The values as an array in the order of [`SPECS`].
-            pub const fn to_array(&self) -> [i32; 9] {
+            pub const fn to_array(self) -> [i32; 9] {
                 [$(self.$field,)*]
             }
 

@@ -147,7 +147,7 @@ impl Snapshot {
             for ((t, p), g) in self
                 .trackers
                 .iter()
-                .zip(prepared.into_iter())
+                .zip(prepared)
                 .zip(generations.iter())
             {
                 // Capacity reserved above: this push does not allocate.

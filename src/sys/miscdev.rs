@@ -118,7 +118,7 @@ unsafe extern "C" fn ioctl_callback<T: FileOps>(
         let misc = (*file).private_data.cast::<bindings::miscdevice>();
         &*kernel::container_of!(misc, Inner<T>, misc)
     };
-    match inner.handler.ioctl(cmd, arg as usize) {
+    match inner.handler.ioctl(cmd, arg) {
         Ok(v) => v as c_long,
         Err(e) => e.to_errno() as c_long,
     }

@@ -15,7 +15,8 @@
     non_camel_case_types,
     non_upper_case_globals,
     unreachable_pub,
-    clippy::all
+    clippy::all,
+    clippy::undocumented_unsafe_blocks
 )]
 
 include!("generated.rs");
