@@ -9,3 +9,6 @@ pub mod params;
 
 #[path = "../../../src/cbt_map.rs"]
 pub mod cbt_map;
+
+#[path = "../../../src/diff_storage.rs"]
+pub mod diff_storage;
