@@ -10,7 +10,7 @@ PACKAGES=(
 	"linux-source-$BLKSNAP_KERNEL_LINE"
 	# the VM and what the tests run inside it
 	qemu-system-x86 busybox-static util-linux e2fsprogs xfsprogs dmsetup
-	mdadm fio xz-utils zstd
+	mdadm fio xz-utils zstd python3
 )
 
 missing=()

@@ -1,0 +1,288 @@
+#!/usr/bin/env bash
+# Boots the test kernel under QEMU (TCG) and runs one command in it.
+#
+#   scripts/vm.sh [--debug] [--timeout SECONDS] [--out DIR] [-e NAME=VALUE]... [--] COMMAND...
+#
+# The guest's root file system is the host's own root, shared read-only over
+# virtio-9p, so the command sees this checkout, the kernel tree and the host's
+# tools at the same paths. scripts/guest-init.sh is PID 1: it mounts the
+# writable places (/tmp, /run, /root, ...), runs COMMAND from the top of the
+# checkout with stdin from /dev/null, and powers off.
+#
+# The command's stdout and stderr arrive live on this script's stdout (second
+# serial port). The kernel console (first serial port) goes to a log file that
+# is watched during the run and scanned afterwards for kernel reports (panic,
+# BUG, WARNING, KASAN, lockdep, hung task, soft lockup, RCU stall, kmemleak).
+#
+# Options:
+#   --debug            boot the debug kernel (same as BLKSNAP_DEBUG=1)
+#   --timeout SECONDS  hard limit for the whole run (default $BLKSNAP_VM_TIMEOUT or 1200)
+#   --out DIR          use DIR as the guest's writable output share and keep it
+#                      (the guest sees it as $BLKSNAP_VM_OUT); default: a temporary dir
+#   -e NAME=VALUE      pass an environment variable to the command
+#
+# Environment: KDIR (kernel build tree; default: the output of scripts/kernel.sh),
+# BLKSNAP_DEBUG, BLKSNAP_VM_TIMEOUT, BLKSNAP_VM_IGNORE (extended regex: console
+# lines matching it are not treated as kernel reports). Variables named
+# BLKSNAP_*, CI, RUST_BACKTRACE and RUST_LOG are passed to the command.
+#
+# Exit status: the command's exit status when the VM powered off normally and
+# the kernel log is clean; otherwise
+#   124  the run hit the timeout
+#   125  the kernel log has a report (panic, oops, warning, ...)
+#   126  the VM stopped without reporting the command's exit status
+# The console log is kept in target/vm-logs/ (the path is printed).
+# shellcheck source-path=SCRIPTDIR
+source "$(dirname "$0")/common.sh"
+
+readonly EXIT_TIMEOUT=124 EXIT_REPORT=125 EXIT_NOSTATUS=126
+
+# What counts as a kernel report in the console log (grep -E).
+REPORT_PATTERNS=(
+	'Kernel panic'
+	'BUG:'
+	'kernel BUG at'
+	'BUG [^ ]+ \((Not t|T)ainted'
+	'Oops'
+	'WARNING:'
+	'KASAN:'
+	'UBSAN:'
+	'possible circular locking'
+	'possible recursive locking'
+	'inconsistent lock state'
+	'INFO: task .* blocked'
+	'soft lockup'
+	'hard LOCKUP'
+	'rcu.*stall'
+	'unreferenced object'
+	'kmemleak: .* new suspected memory leaks'
+	'general protection fault'
+	'sleeping function called from invalid context'
+)
+report_re=$(IFS='|'; echo "${REPORT_PATTERNS[*]}")
+
+usage() {
+	sed -n '2,/^# shellcheck source-path/{/^# shellcheck/d;s/^# \{0,1\}//;p}' "$0" >&2
+	exit 2
+}
+
+timeout=${BLKSNAP_VM_TIMEOUT:-1200}
+keep_out=
+extra_env=()
+while (($#)); do
+	case $1 in
+	--debug) BLKSNAP_DEBUG=1; export BLKSNAP_DEBUG ;;
+	--timeout) (($# >= 2)) || usage; timeout=$2; shift ;;
+	--timeout=*) timeout=${1#*=} ;;
+	--out) (($# >= 2)) || usage; keep_out=$2; shift ;;
+	--out=*) keep_out=${1#*=} ;;
+	-e) (($# >= 2)) || usage; extra_env+=("$2"); shift ;;
+	-h | --help) usage ;;
+	--) shift; break ;;
+	-*) echo "vm.sh: unknown option $1" >&2; usage ;;
+	*) break ;;
+	esac
+	shift
+done
+(($#)) || usage
+if ! [[ $timeout =~ ^[0-9]+$ ]] || ((timeout == 0)); then
+	die "--timeout wants a positive number of seconds"
+fi
+for e in "${extra_env[@]}"; do
+	[[ $e =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "-e wants NAME=VALUE, got '$e'"
+done
+
+command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 is missing (run scripts/deps.sh)"
+if [ -z "${KDIR:-}" ]; then
+	KDIR=$("$BLKSNAP_ROOT/scripts/kernel.sh") || die "no test kernel"
+fi
+KDIR=$(cd "$KDIR" && pwd)
+export KDIR
+bzimage=$KDIR/arch/x86/boot/bzImage
+[ -f "$bzimage" ] || die "no kernel image at $bzimage"
+[ -d "$KDIR/modroot/lib/modules" ] || die "no installed modules in $KDIR/modroot"
+case "$BLKSNAP_ROOT$KDIR" in
+*[[:space:]]*) die "the checkout and kernel paths must not contain white space (they go on the kernel command line)" ;;
+esac
+
+# Per-run files: the output share (command, environment, exit status) and the logs.
+logdir=$BLKSNAP_ROOT/target/vm-logs
+mkdir -p "$logdir"
+stamp=$(date +%Y%m%d-%H%M%S)-$$
+console=$logdir/$stamp-console.log
+qemu_log=$logdir/$stamp-qemu.log
+if [ -n "$keep_out" ]; then
+	mkdir -p "$keep_out"
+	out=$(cd "$keep_out" && pwd)
+	rm -f "$out/status" "$out/booted" "$out/env.sh" "$out/cmd.sh"
+else
+	out=$(mktemp -d "${TMPDIR:-/tmp}/blksnap-vm.XXXXXX")
+fi
+: >"$console"
+ln -sfn "$(basename "$console")" "$logdir/latest-console.log"
+# Keep the newest 40 runs' logs.
+# shellcheck disable=SC2012
+ls -1t "$logdir"/*-console.log 2>/dev/null | tail -n +41 | while IFS= read -r old; do
+	rm -f "$old" "${old%-console.log}-qemu.log"
+done
+
+qpid=
+# shellcheck disable=SC2317 # called from the EXIT trap
+cleanup() {
+	if [ -n "$qpid" ] && kill -0 "$qpid" 2>/dev/null; then
+		kill -TERM "$qpid" 2>/dev/null || true
+		sleep 1
+		kill -KILL "$qpid" 2>/dev/null || true
+	fi
+	[ -n "$keep_out" ] || rm -rf "$out"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# POSIX shell quoting, for the files guest-init.sh reads with /bin/sh.
+shq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
+{
+	for name in $(compgen -e | grep -E '^(BLKSNAP_[A-Z0-9_]*|CI|RUST_BACKTRACE|RUST_LOG)$' | sort); do
+		printf 'export %s=%s\n' "$name" "$(shq "${!name}")"
+	done
+	printf 'export KDIR=%s\n' "$(shq "$KDIR")"
+	for e in "${extra_env[@]}"; do
+		printf 'export %s=%s\n' "${e%%=*}" "$(shq "${e#*=}")"
+	done
+} >"$out/env.sh"
+{
+	printf 'cd %s || exit 127\n' "$(shq "$BLKSNAP_ROOT")"
+	printf 'exec'
+	for a in "$@"; do printf ' %s' "$(shq "$a")"; done
+	printf '\n'
+} >"$out/cmd.sh"
+
+# shellcheck disable=SC2054 # commas belong to the option values
+cmdline=(
+	console=ttyS0
+	root=blksnap-root rootfstype=9p
+	rootflags=trans=virtio,version=9p2000.L,cache=loose,msize=262144 ro
+	"init=$BLKSNAP_ROOT/scripts/guest-init.sh"
+	panic=-1 oops=panic softlockup_panic=1 hung_task_panic=1
+	sysctl.kernel.hung_task_timeout_secs=60
+	mitigations=off
+)
+[ "$BLKSNAP_DEBUG" = 1 ] && cmdline+=(kasan.fault=report)
+
+# shellcheck disable=SC2054
+qemu=(
+	qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2G -no-reboot
+	-nodefaults -no-user-config -display none -monitor none
+	-kernel "$bzimage" -append "${cmdline[*]}"
+	-fsdev local,id=root,path=/,security_model=none,readonly=on,multidevs=remap
+	-device virtio-9p-pci,fsdev=root,mount_tag=blksnap-root
+	-fsdev "local,id=out,path=$out,security_model=none,multidevs=remap"
+	-device virtio-9p-pci,fsdev=out,mount_tag=blksnap-out
+	-serial "file:$console"
+	-chardev stdio,id=cmdout,signal=off -serial chardev:cmdout
+)
+
+log "vm: booting $(basename "$KDIR") (timeout ${timeout}s), console log: $console"
+start=$SECONDS
+"${qemu[@]}" </dev/null 2>"$qemu_log" &
+qpid=$!
+
+# Scans the console log; prints the matching lines (with line numbers).
+reports() {
+	local hits
+	# guest-init.sh's own lines ("guest-init: ...") are never reports.
+	hits=$(grep -naE "$report_re" "$console" | grep -vE '^[0-9]+:guest-init: ' || true)
+	if [ -n "${BLKSNAP_VM_IGNORE:-}" ] && [ -n "$hits" ]; then
+		hits=$(grep -vE "$BLKSNAP_VM_IGNORE" <<<"$hits" || true)
+	fi
+	[ -z "$hits" ] || printf '%s\n' "$hits"
+}
+
+reason=
+report_at='' last_size=-1 still=0 booted_at=''
+while kill -0 "$qpid" 2>/dev/null; do
+	sleep 0.5
+	if [ -z "$booted_at" ] && [ -e "$out/booted" ]; then
+		booted_at=$((SECONDS - start))
+	fi
+	if [ -z "$report_at" ] && [ -n "$(reports | head -n1)" ]; then
+		report_at=$SECONDS
+		log "vm: kernel report in the console log, stopping the VM shortly"
+	fi
+	if [ -n "$report_at" ]; then
+		# Let the report finish: stop once the log has been quiet for 3 s
+		# (at most 20 s after the first line).
+		size=$(stat -c %s "$console")
+		if [ "$size" = "$last_size" ]; then still=$((still + 1)); else still=0; fi
+		last_size=$size
+		if ((still >= 6 || SECONDS - report_at >= 20)); then
+			reason=report
+			break
+		fi
+	fi
+	if ((SECONDS - start >= timeout)); then
+		reason=timeout
+		break
+	fi
+done
+if [ -n "$reason" ]; then
+	kill -TERM "$qpid" 2>/dev/null || true
+	for _ in 1 2 3 4 5 6 7 8 9 10; do
+		kill -0 "$qpid" 2>/dev/null || break
+		sleep 0.5
+	done
+	kill -KILL "$qpid" 2>/dev/null || true
+fi
+qrc=0
+wait "$qpid" || qrc=$?
+qpid=
+elapsed=$((SECONDS - start))
+
+status=
+if [ -s "$out/status" ]; then
+	status=$(tr -dc '0-9' <"$out/status")
+fi
+hits=$(reports)
+[ -z "$hits" ] || reason=report
+
+excerpt() {
+	local first
+	first=$(head -n1 <<<"$hits" | cut -d: -f1)
+	echo "---- kernel report (console log from line $((first > 10 ? first - 10 : 1))) ----"
+	sed -n "$((first > 10 ? first - 10 : 1)),$((first + 80))p" "$console"
+	echo "---- all report lines ----"
+	head -n 40 <<<"$hits"
+}
+tail_log() {
+	echo "---- last 50 lines of the console log ----"
+	tail -n 50 "$console"
+	echo "----"
+}
+
+case $reason in
+report)
+	{ excerpt; tail_log; } >&2
+	log "vm: FAILED: the kernel reported a problem (after ${elapsed}s); full log: $console"
+	exit $EXIT_REPORT
+	;;
+timeout)
+	tail_log >&2
+	log "vm: FAILED: timeout after ${timeout}s; QEMU killed; full log: $console"
+	exit $EXIT_TIMEOUT
+	;;
+esac
+if [ -z "$status" ]; then
+	{
+		tail_log
+		if [ -s "$qemu_log" ]; then
+			echo "---- QEMU (exit status $qrc) ----"
+			tail -n 20 "$qemu_log"
+		fi
+	} >&2
+	log "vm: FAILED: the VM stopped without the command's exit status (after ${elapsed}s); full log: $console"
+	exit $EXIT_NOSTATUS
+fi
+[ -s "$qemu_log" ] || rm -f "$qemu_log"
+log "vm: command exited with $status (user space after ${booted_at:-?}s, total ${elapsed}s); log: $console"
+exit "$status"

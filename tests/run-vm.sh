@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Runs the in-VM test scripts (tests/vm/*.sh, or the ones named) and nests
+# their KTAP output as subtests, kselftest style. Runs inside the test VM:
+#
+#   scripts/vm.sh -- tests/run-vm.sh [NAME...]
+#
+# NAME is a script's file name with or without ".sh" (e.g. 01-module) or a
+# path. Each script gets BLKSNAP_TEST_TIMEOUT seconds (default 900).
+#
+# Counts the individual test cases. A script that exits non-zero without
+# failing a case, reports fewer cases than planned, or leaves the blksnap
+# module loaded counts as one more failure. The last line is
+# "N passed, N failed, N skipped"; the exit status is 1 if anything failed.
+set -u
+
+TESTS_DIR=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source-path=SCRIPTDIR
+source "$TESTS_DIR/lib.sh"
+require_vm
+
+scripts=()
+if (($#)); then
+	for name in "$@"; do
+		for f in "$name" "$TESTS_DIR/vm/$name" "$TESTS_DIR/vm/$name.sh"; do
+			if [ -f "$f" ]; then
+				scripts+=("$f")
+				continue 2
+			fi
+		done
+		echo "run-vm.sh: no test script '$name' in $TESTS_DIR/vm" >&2
+		exit 2
+	done
+else
+	for f in "$TESTS_DIR"/vm/*.sh; do
+		[ -f "$f" ] && scripts+=("$f")
+	done
+fi
+
+pass=0 fail=0 skip=0
+echo "KTAP version 1"
+echo "1..${#scripts[@]}"
+i=0
+for script in "${scripts[@]}"; do
+	i=$((i + 1))
+	name=$(basename "$script" .sh)
+	log=$(mktemp)
+	echo "run-vm: start $name" >/dev/kmsg
+	start=$SECONDS
+	timeout --kill-after=10 "${BLKSNAP_TEST_TIMEOUT:-900}" bash "$script" </dev/null 2>&1 |
+		tee "$log" | sed -u 's/^/    /'
+	rc=${PIPESTATUS[0]}
+	echo "run-vm: end $name (exit $rc)" >/dev/kmsg
+
+	# The script's own cases are its unindented result lines.
+	p=$(grep -cE '^ok [0-9]+' "$log")
+	s=$(grep -cE '^ok [0-9]+.*# *SKIP' "$log")
+	f=$(grep -cE '^not ok [0-9]+' "$log")
+	p=$((p - s))
+	planned=$(sed -n 's/^1\.\.\([0-9]*\).*/\1/p' "$log" | head -n1)
+	extra=()
+	if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+		extra+=("timed out after $((SECONDS - start))s")
+	elif [ "$rc" = 4 ] && [ $((p + f)) = 0 ]; then
+		# kselftest's "skip" exit code, for a script that skips as a whole.
+		s=$((s + 1))
+	elif [ "$rc" != 0 ] && [ "$f" = 0 ]; then
+		extra+=("exited with status $rc without failing a case")
+	fi
+	if [ -z "$planned" ]; then
+		[ "$rc" = 4 ] || extra+=("no KTAP plan")
+	elif ((p + s + f < planned)); then
+		extra+=("reported $((p + s + f)) of $planned planned cases")
+	fi
+	if blksnap_loaded; then
+		extra+=("left the blksnap module loaded")
+		rmmod blksnap 2>/dev/null
+	fi
+	rm -f "$log"
+
+	for e in "${extra[@]}"; do
+		echo "# $name: $e"
+	done
+	f=$((f + ${#extra[@]}))
+	pass=$((pass + p)) fail=$((fail + f)) skip=$((skip + s))
+	if ((f > 0)); then
+		echo "not ok $i $name"
+	elif ((p == 0 && s > 0)); then
+		echo "ok $i $name # SKIP"
+	else
+		echo "ok $i $name"
+	fi
+done
+echo "# Totals: pass:$pass fail:$fail xfail:0 xpass:0 skip:$skip error:0"
+echo "$pass passed, $fail failed, $skip skipped"
+((fail == 0))
