@@ -5,22 +5,27 @@
 //! `/dev/blksnap`.
 //!
 //! The crate root owns the module's lifetime: init validates the parameters,
-//! installs the bio hook and registers the control device; unload (`Drop`,
-//! fields in declaration order) unregisters the control device (destroying
-//! snapshots and trackers) and then removes the hook. See `docs/design.md`
+//! sets up the module's I/O resources, installs the bio hook and registers
+//! the control device; unload (`Drop`, fields in declaration order) undoes
+//! it in reverse. See `docs/design.md`
 //! for the data path, locking and lifetimes.
 
-use kernel::{c_str, prelude::*};
+use kernel::{c_str, prelude::*, sync::Arc};
 
 // Kernel-free logic shared with the host tests (crates/blksnap-logic): its
 // `pub` items and test-only accessors are the host crate's API.
 #[allow(dead_code, unreachable_pub)]
 mod cbt_map;
 mod ctl;
+mod diff_area;
+// Kernel-free logic shared with the host tests (see `cbt_map`).
+#[allow(dead_code, unreachable_pub)]
+mod diff_storage;
 mod event_queue;
 mod filter;
 #[allow(dead_code, unreachable_pub)]
 mod params;
+mod snapimage;
 mod snapshot;
 mod sys;
 mod tracker;
@@ -34,10 +39,15 @@ module! {
     license: "GPL",
 }
 
-/// The loaded module: what unload must tear down, in this order.
+/// The loaded module: what unload must tear down, in this order. The
+/// control device goes first (its state destroys every snapshot and
+/// tracker), then the hook (no bio enters the filter any more), then the
+/// workqueue (drained), then the bio set the module's bios come from.
 struct Blksnap {
     _control: sys::miscdev::MiscDevice<ctl::Control>,
     _hook: sys::hook::BioHook,
+    _queue: Arc<sys::CowQueue>,
+    _bio_set: sys::BioSet,
 }
 
 impl kernel::Module for Blksnap {
@@ -46,16 +56,21 @@ impl kernel::Module for Blksnap {
             pr_err!("parameter {e}\n");
             return Err(EINVAL);
         }
+        let bio_set = sys::BioSet::new()?;
+        let queue = Arc::new(sys::CowQueue::new()?, GFP_KERNEL)?;
+        let major = sys::disk::ImageMajor::register()?;
         let hook = sys::hook::BioHook::install()?;
         let control = sys::miscdev::MiscDevice::register(
             c_str!("blksnap"),
             0o600,
             module,
-            ctl::Control::new()?,
+            ctl::Control::new(queue.clone(), major)?,
         )?;
         Ok(Self {
             _control: control,
             _hook: hook,
+            _queue: queue,
+            _bio_set: bio_set,
         })
     }
 }

@@ -187,7 +187,7 @@ impl<T: DerefMut<Target = [u8]>> CbtMap<T> {
     /// the active number, and the active number moves on. When it would
     /// reach 256 the active table starts over under `new_generation`.
     pub fn switch(&mut self, new_generation: [u8; 16]) -> Switch {
-        self.readable_table.copy_from_slice(&self.active_table);
+        copy_prefix(&mut self.readable_table, &self.active_table);
         self.previous = self.active;
         if self.active == u8::MAX {
             self.active = 1;
@@ -221,10 +221,19 @@ impl<T: DerefMut<Target = [u8]>> CbtMap<T> {
         let Some(rest) = table.get(offset..) else {
             return 0;
         };
-        let n = rest.len().min(out.len());
-        out[..n].copy_from_slice(&rest[..n]);
-        n
+        copy_prefix(out, rest)
     }
+}
+
+/// Copies as much of `src` as fits into the start of `dst`; returns how
+/// many bytes. Cannot panic, unlike `copy_from_slice`.
+pub fn copy_prefix(dst: &mut [u8], src: &[u8]) -> usize {
+    let mut n = 0;
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = *s;
+        n += 1;
+    }
+    n
 }
 
 /// Raises every byte of `table[range]` to at least `number`.

@@ -12,21 +12,24 @@
 //!
 //! Errors chosen on purpose: `EINVAL` for malformed input (bad device
 //! number, duplicate devices, zero or too large counts, misaligned ranges),
-//! `ENODEV` for a device that is not tracked, `ESRCH` for an unknown
+//! `ENODEV` for a device that is not tracked (or, for COLLECT_IMAGES, a
+//! snapshot not taken yet), `ESRCH` for an unknown
 //! snapshot id, `EALREADY` for a device already in a snapshot or a snapshot
 //! already taken, `EBUSY` for removing a tracker in use, `ENODATA` for a
 //! collect array that is too small (the count says what is needed), `EPERM`
 //! for reading change tracking before the snapshot is taken (as the
-//! reference did), `ENOTTY` for commands this build does not implement.
+//! reference did), `ENOTTY` for unknown commands.
 //!
 //! Locking: `state` (a mutex) serializes every command that changes or
 //! reads the set of trackers and snapshots. WAIT_EVENT looks its snapshot up
 //! under it and waits without it.
 
 use crate::{
-    snapshot::Snapshot,
-    sys::{self, bdev, errno, miscdev::FileOps, vec::VecExt},
-    tracker::Registry,
+    cbt_map::copy_prefix,
+    snapimage::Minors,
+    snapshot::{Snapshot, TakeContext},
+    sys::{self, bdev, disk::ImageMajor, errno, miscdev::FileOps, vec::VecExt, CowQueue},
+    tracker::{Registry, Tracker},
     uapi::*,
 };
 use core::mem::{offset_of, size_of};
@@ -58,6 +61,7 @@ const CBT_READ_BATCH: usize = 4096;
 struct State {
     trackers: Registry,
     snapshots: KVec<Arc<Snapshot>>,
+    minors: Minors,
 }
 
 impl State {
@@ -68,22 +72,39 @@ impl State {
     fn snapshot_of_device(&self, dev: u32) -> Option<&Arc<Snapshot>> {
         self.snapshots.iter().find(|s| s.has_device(dev))
     }
+
+    /// The tracker of `dev`, or of the original device if `dev` is a
+    /// snapshot image.
+    fn tracker_or_image_original(&self, dev: u32) -> Option<Arc<Tracker>> {
+        if let Some(t) = self.trackers.find(dev) {
+            return Some(t.clone());
+        }
+        self.snapshots
+            .iter()
+            .find_map(|s| s.image_original(bdev::major(dev), bdev::minor(dev)))
+    }
 }
 
 /// The handler behind `/dev/blksnap`.
 pub(crate) struct Control {
     state: Pin<KBox<Mutex<State>>>,
+    queue: Arc<CowQueue>,
+    major: ImageMajor,
 }
 
 impl Control {
-    /// No trackers, no snapshots.
-    pub(crate) fn new() -> Result<Self> {
+    /// No trackers, no snapshots; copy-on-write and image I/O run on
+    /// `queue`, images get `major`.
+    pub(crate) fn new(queue: Arc<CowQueue>, major: ImageMajor) -> Result<Self> {
         let state = State {
             trackers: Registry::new(),
             snapshots: KVec::new(),
+            minors: Minors::new(),
         };
         Ok(Control {
             state: KBox::pin_init(new_mutex!(state, "blksnap_control"), GFP_KERNEL)?,
+            queue,
+            major,
         })
     }
 }
@@ -125,8 +146,8 @@ fn dev_t(id: &blk_snap_dev) -> Result<u32> {
 fn cbt_info_bytes(info: &blk_snap_cbt_info) -> [u8; size_of::<blk_snap_cbt_info>()] {
     let mut b = [0u8; size_of::<blk_snap_cbt_info>()];
     let mut put = |off: usize, bytes: &[u8]| {
-        if let Some(dst) = b.get_mut(off..off + bytes.len()) {
-            dst.copy_from_slice(bytes);
+        if let Some(dst) = b.get_mut(off..) {
+            copy_prefix(dst, bytes);
         }
     };
     put(
@@ -222,11 +243,11 @@ impl Control {
         let mut copied = 0usize;
         while copied < a.length as usize {
             let want = (a.length as usize - copied).min(CBT_READ_BATCH);
-            let n = tracker.read_cbt(offset, &mut buf[..want]);
+            let n = tracker.read_cbt(offset, buf.get_mut(..want).unwrap_or(&mut []));
             if n == 0 {
                 break;
             }
-            writer.write_slice(&buf[..n])?;
+            writer.write_slice(buf.get(..n).unwrap_or(&[]))?;
             copied += n;
             offset += n;
         }
@@ -244,7 +265,7 @@ impl Control {
             }
         }
         let state = self.state.lock();
-        let tracker = state.trackers.find(dev).ok_or(ENODEV)?;
+        let tracker = state.tracker_or_image_original(dev).ok_or(ENODEV)?;
         for r in ranges.iter() {
             tracker.mark_dirty(r.sector_offset, r.sector_count);
         }
@@ -293,7 +314,7 @@ impl Control {
         };
         let id_off = offset_of!(blk_snap_snapshot_create, id);
         if let Err(e) = write_at(arg, id_off, snapshot.id()) {
-            snapshot.destroy();
+            snapshot.destroy(&mut state.minors);
             for &dev in created.iter() {
                 let _ = state.trackers.remove(dev);
             }
@@ -313,7 +334,7 @@ impl Control {
             .position(|s| s.id() == &a.id.b)
             .ok_or(ESRCH)?;
         if let Some(snapshot) = state.snapshots.swap_remove(pos) {
-            snapshot.destroy();
+            snapshot.destroy(&mut state.minors);
         }
         Ok(0)
     }
@@ -330,8 +351,16 @@ impl Control {
     fn snapshot_take(&self, arg: usize) -> Result<isize> {
         let a: blk_snap_snapshot_take = read_arg(arg)?;
         let params = sys::params::current();
-        let state = self.state.lock();
-        state.snapshot(&a.id)?.take(&params)?;
+        let mut state = self.state.lock();
+        let snapshot = state.snapshot(&a.id)?.clone();
+        snapshot.take(
+            &params,
+            TakeContext {
+                queue: &self.queue,
+                major: &self.major,
+                minors: &mut state.minors,
+            },
+        )?;
         Ok(0)
     }
 
@@ -353,6 +382,45 @@ impl Control {
             UserSlice::new(a.ids as usize, needed * size_of::<blk_snap_uuid>()).writer();
         for s in state.snapshots.iter() {
             writer.write_slice(s.id())?;
+        }
+        Ok(0)
+    }
+
+    fn snapshot_collect_images(&self, arg: usize) -> Result<isize> {
+        let a: blk_snap_snapshot_collect_images = read_arg(arg)?;
+        let mut images = KVec::new();
+        {
+            let state = self.state.lock();
+            let snapshot = state.snapshot(&a.id)?;
+            if !snapshot.is_taken() {
+                return Err(ENODEV);
+            }
+            snapshot.images(&mut images)?;
+        }
+        let needed = u32::try_from(images.len()).map_err(|_| errno::eoverflow())?;
+        write_at(
+            arg,
+            offset_of!(blk_snap_snapshot_collect_images, count),
+            &needed.to_ne_bytes(),
+        )?;
+        if a.image_info_array.is_null() || (a.count as usize) < images.len() {
+            return if images.is_empty() {
+                Ok(0)
+            } else {
+                Err(errno::enodata())
+            };
+        }
+        let len = images.len() * size_of::<blk_snap_image_info>();
+        let mut writer = UserSlice::new(a.image_info_array as usize, len).writer();
+        for i in images.iter() {
+            for v in [
+                i.orig_dev_id.mj,
+                i.orig_dev_id.mn,
+                i.image_dev_id.mj,
+                i.image_dev_id.mn,
+            ] {
+                writer.write_slice(&v.to_ne_bytes())?;
+            }
         }
         Ok(0)
     }
@@ -403,8 +471,8 @@ impl FileOps for Control {
             IOCTL_BLK_SNAP_SNAPSHOT_APPEND_STORAGE => self.snapshot_append_storage(arg),
             IOCTL_BLK_SNAP_SNAPSHOT_TAKE => self.snapshot_take(arg),
             IOCTL_BLK_SNAP_SNAPSHOT_COLLECT => self.snapshot_collect(arg),
+            IOCTL_BLK_SNAP_SNAPSHOT_COLLECT_IMAGES => self.snapshot_collect_images(arg),
             IOCTL_BLK_SNAP_SNAPSHOT_WAIT_EVENT => self.snapshot_wait_event(arg),
-            // SNAPSHOT_COLLECT_IMAGES comes with snapshot images.
             _ => Err(ENOTTY),
         }
     }
@@ -412,9 +480,10 @@ impl FileOps for Control {
 
 impl Drop for Control {
     fn drop(&mut self) {
-        let mut state = self.state.lock();
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
         while let Some(s) = state.snapshots.pop() {
-            s.destroy();
+            s.destroy(&mut state.minors);
         }
     }
 }

@@ -48,7 +48,7 @@ pub enum RangeError {
 /// Checks one range of a device with `capacity` sectors.
 pub fn check_range(start: u64, count: u64, capacity: u64) -> Result<(), RangeError> {
     let end = start.checked_add(count).ok_or(RangeError::Malformed)?;
-    if count == 0 || !start.is_multiple_of(PAGE_SECTORS) || !count.is_multiple_of(PAGE_SECTORS) {
+    if count == 0 || (start | count) & (PAGE_SECTORS - 1) != 0 {
         return Err(RangeError::Malformed);
     }
     if end > capacity {

@@ -10,6 +10,7 @@
 //! queued from process context and work items only) protects the ring and
 //! the closed flag; `wait` is signalled on every push and on close.
 
+use crate::cbt_map::copy_prefix;
 use kernel::{
     new_condvar, new_spinlock,
     prelude::*,
@@ -80,8 +81,7 @@ impl EventQueue {
             time_ns: kernel::time::Ktime::ktime_get().to_ns(),
             data: [0; DATA_LEN],
         };
-        let n = data.len().min(DATA_LEN);
-        event.data[..n].copy_from_slice(&data[..n]);
+        copy_prefix(&mut event.data, data);
         {
             let mut q = self.inner.lock();
             if q.closed {

@@ -6,34 +6,86 @@
 //! Untracked devices pay one RCU lookup in the tracker index. For a tracked
 //! device, writes, discards and write-zeroes mark change tracking; reads and
 //! flushes pass untouched. A bio sent to a partition of a tracked whole disk
-//! is tracked on the disk. Nothing here sleeps or allocates, so bios from
-//! stacked drivers and `REQ_NOWAIT` submitters are handled inline.
+//! is tracked on the disk. If the device is in a taken snapshot and the bio
+//! changes a chunk whose original data is not stored yet, the bio is held
+//! back and handed to the module's workqueue, which copies the chunk and
+//! then passes the bio on. The filter itself never sleeps, so bios from
+//! stacked drivers (only queued until their driver returns) and
+//! `REQ_NOWAIT` submitters are never put to sleep.
 //!
-//! Locking: the tracker index lookup runs under RCU; marking holds the take
-//! barrier for reading and then the tracker's map lock.
+//! Locking: the tracker index lookup runs under RCU; the decision holds the
+//! take barrier for reading, then the tracker's lock, then the chunk lock.
 
 use crate::{
+    diff_area::{DiffArea, WriteNeed},
     sys::{
-        bio::{BioInfo, Op},
+        bio::{Bio, Op},
         sync::TakeBarrier,
+        work, NoIo,
     },
-    tracker::{Tracker, INDEX},
+    tracker::INDEX,
 };
+use kernel::{prelude::*, sync::Arc};
 
-/// Called for every bio before it is passed on.
-pub(crate) fn submit(bio: &BioInfo) {
-    if bio.op() != Op::Change || bio.sectors() == 0 {
+/// A write held back until its chunks are copied.
+struct Held {
+    area: Arc<DiffArea>,
+    bio: Bio,
+    sector: u64,
+    sectors: u64,
+}
+
+/// Called for every bio from outside the module; passes it on, now or
+/// after copy-on-write.
+pub(crate) fn submit(bio: Bio) {
+    let info = bio.info();
+    if info.op() != Op::Change || info.sectors() == 0 {
+        bio.pass();
         return;
     }
-    let sectors = bio.sectors();
-    let mark = |t: &Tracker, sector: u64| {
-        let _barrier = TakeBarrier::read();
-        t.mark(sector, sectors);
+    let sectors = info.sectors();
+    let (whole, whole_sector) = info.whole();
+    let held = match decide_for(info.dev(), info.sector(), sectors) {
+        Some(d) => d,
+        None if whole != info.dev() => decide_for(whole, whole_sector, sectors).flatten(),
+        None => None,
     };
-    if INDEX.with(bio.dev(), |t| mark(&t, bio.sector())).is_none() {
-        let (whole, sector) = bio.whole();
-        if whole != bio.dev() {
-            INDEX.with(whole, |t| mark(&t, sector));
-        }
+    let Some((area, sector)) = held else {
+        bio.pass();
+        return;
+    };
+    let queue = area.queue().clone();
+    let held = Held {
+        area,
+        bio,
+        sector,
+        sectors,
+    };
+    if let Err(held) = work::spawn(queue.queue(), GFP_ATOMIC, held, copy_then_pass) {
+        // No memory for the work item: the write must not wait or be
+        // lost, so the snapshot pays.
+        held.area.corrupt(ENOMEM);
+        held.bio.pass();
     }
+}
+
+/// The tracker lookup for `dev` and the copy-on-write decision for a write
+/// of `sectors` at `sector`: `None` if `dev` is not tracked, `Some(None)` if
+/// the write may pass now.
+fn decide_for(dev: u32, sector: u64, sectors: u64) -> Option<Option<(Arc<DiffArea>, u64)>> {
+    INDEX.with(dev, |t| {
+        let _barrier = TakeBarrier::read();
+        let area = t.mark(sector, sectors)?;
+        match area.write_need(sector, sectors) {
+            WriteNeed::Nothing => None,
+            WriteNeed::Copy => Some((area, sector)),
+        }
+    })
+}
+
+/// Work item: copies what the held write needs, then passes it on.
+fn copy_then_pass(held: Held) {
+    let _noio = NoIo::enter();
+    held.area.prepare_write(held.sector, held.sectors);
+    held.bio.pass();
 }

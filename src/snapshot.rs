@@ -1,18 +1,22 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Snapshots: a set of devices whose change tracking switches together at
-//! TAKE, the difference storage user space hands in, and an event queue.
+//! TAKE, their difference storage, their images, and an event queue.
 //!
 //! Locking: the control device's state mutex serializes create, take,
-//! append and destroy, and membership of devices in snapshots. `taken` is
-//! only written under it. TAKE freezes every filesystem of the snapshot,
-//! then holds the take barrier for writing while it switches every device,
-//! so they all switch at one point in time with respect to every write.
+//! append, collect and destroy, and membership of devices in snapshots;
+//! `taken` and `images` change only under it. TAKE freezes every filesystem
+//! of the snapshot, then holds the take barrier for writing while it
+//! switches every device's change tracking and starts copy-on-write, so all
+//! devices switch at one point in time with respect to every write.
 
 use crate::{
+    diff_area::{DiffArea, Storage},
+    diff_storage,
     event_queue::EventQueue,
     params::Params,
-    sys::{bdev::BlockDevice, errno, sync::TakeBarrier},
+    snapimage::{ImageHandle, Minors},
+    sys::{bdev, disk::ImageMajor, errno, sync::TakeBarrier, vec::VecExt, CowQueue},
     tracker::{random_uuid, Tracker},
     uapi,
 };
@@ -23,19 +27,14 @@ use kernel::{
     sync::{Arc, Mutex},
 };
 
-/// Sectors in a page: difference storage ranges are page-aligned.
-const PAGE_SECTORS: u64 = 8;
-
-/// A range of difference storage on a device.
-// Recorded by APPEND_STORAGE; the copy-on-write engine allocates from them.
-#[allow(dead_code)]
-pub(crate) struct StorageRange {
-    /// The device's `dev_t`.
-    pub(crate) dev: u32,
-    /// First sector.
-    pub(crate) start: u64,
-    /// Length in sectors.
-    pub(crate) count: u64,
+/// What TAKE needs from the module besides the snapshot.
+pub(crate) struct TakeContext<'a> {
+    /// The module's workqueue.
+    pub(crate) queue: &'a Arc<CowQueue>,
+    /// The image disks' major.
+    pub(crate) major: &'a ImageMajor,
+    /// The image minors in use.
+    pub(crate) minors: &'a mut Minors,
 }
 
 /// One snapshot.
@@ -44,31 +43,34 @@ pub(crate) struct Snapshot {
     id: [u8; 16],
     trackers: KVec<Arc<Tracker>>,
     taken: AtomicBool,
-    /// Difference storage appended so far (used by copy-on-write).
+    storage: Arc<Storage>,
+    events: Arc<EventQueue>,
+    /// One per device once taken.
     #[pin]
-    storage: Mutex<KVec<StorageRange>>,
-    #[pin]
-    events: EventQueue,
+    images: Mutex<KVec<ImageHandle>>,
 }
 
 impl Snapshot {
     /// A snapshot of the devices of `trackers`, with its first
     /// low_free_space event (asking for `diff_storage_minimum`) queued.
     pub(crate) fn new(trackers: KVec<Arc<Tracker>>, params: &Params) -> Result<Arc<Self>> {
+        let events = Arc::pin_init(EventQueue::new()?, GFP_KERNEL)?;
+        let minimum = u64::try_from(params.diff_storage_minimum).unwrap_or(0);
+        let storage = Storage::new(minimum, events.clone())?;
         let snapshot = Arc::pin_init(
-            try_pin_init!(Snapshot {
+            pin_init!(Snapshot {
                 id: random_uuid(),
                 trackers,
                 taken: AtomicBool::new(false),
-                storage <- new_mutex!(KVec::new(), "blksnap_diff_storage"),
-                events <- EventQueue::new()?,
+                storage,
+                events,
+                images <- new_mutex!(KVec::new(), "blksnap_images"),
             }),
             GFP_KERNEL,
         )?;
-        let requested = u64::try_from(params.diff_storage_minimum).unwrap_or(0);
         snapshot.events.push(
             uapi::blk_snap_event_code_low_free_space,
-            &requested.to_ne_bytes(),
+            &minimum.to_ne_bytes(),
         );
         Ok(snapshot)
     }
@@ -93,30 +95,24 @@ impl Snapshot {
         &self.events
     }
 
-    /// SNAPSHOT_APPEND_STORAGE: adds page-aligned sector ranges of `dev` to
-    /// the difference storage. `EINVAL` for an empty, misaligned, overflowing
-    /// or out-of-device range; nothing is added unless every range is valid.
+    /// SNAPSHOT_APPEND_STORAGE (see `Storage::append`).
     pub(crate) fn append_storage(&self, dev: u32, ranges: &[uapi::blk_snap_block_range]) -> Result {
-        let bdev = BlockDevice::open(dev)?;
-        let capacity = bdev.nr_sectors();
-        let mut list = self.storage.lock();
-        list.reserve(ranges.len(), GFP_KERNEL)?;
-        for r in ranges {
-            let end = r.sector_offset.checked_add(r.sector_count).ok_or(EINVAL)?;
-            if r.sector_count == 0
-                || r.sector_offset % PAGE_SECTORS != 0
-                || r.sector_count % PAGE_SECTORS != 0
-                || end > capacity
-            {
-                return Err(EINVAL);
-            }
-        }
-        for r in ranges {
-            list.push(
-                StorageRange {
-                    dev,
-                    start: r.sector_offset,
-                    count: r.sector_count,
+        self.storage.append(dev, ranges)
+    }
+
+    /// The (original, image) device numbers of every image.
+    pub(crate) fn images(&self, out: &mut KVec<uapi::blk_snap_image_info>) -> Result {
+        let images = self.images.lock();
+        for image in images.iter() {
+            let orig = image.area().tracker().dev();
+            let (mj, mn) = image.dev();
+            out.push(
+                uapi::blk_snap_image_info {
+                    orig_dev_id: uapi::blk_snap_dev {
+                        mj: bdev::major(orig),
+                        mn: bdev::minor(orig),
+                    },
+                    image_dev_id: uapi::blk_snap_dev { mj, mn },
                 },
                 GFP_KERNEL,
             )?;
@@ -124,44 +120,128 @@ impl Snapshot {
         Ok(())
     }
 
+    /// The original device of the image `(major, minor)`, if it is one of
+    /// this snapshot's.
+    pub(crate) fn image_original(&self, major: u32, minor: u32) -> Option<Arc<Tracker>> {
+        let images = self.images.lock();
+        images
+            .iter()
+            .find(|i| i.dev() == (major, minor))
+            .map(|i| i.area().tracker().clone())
+    }
+
     /// SNAPSHOT_TAKE. `EALREADY` if taken before.
-    pub(crate) fn take(&self, params: &Params) -> Result {
+    pub(crate) fn take(&self, params: &Params, ctx: TakeContext<'_>) -> Result {
         if self.is_taken() {
             return Err(errno::ealready());
         }
         let n = self.trackers.len();
-        // Everything that allocates or sleeps happens before the barrier.
+        // Everything that allocates or sleeps happens before the barrier:
+        // new CBT tables, copy-on-write state, and the image disks (which
+        // show the original until the switch, and nobody may rely on them
+        // before TAKE returns).
         let mut prepared = KVec::with_capacity(n, GFP_KERNEL)?;
         let mut generations = KVec::with_capacity(n, GFP_KERNEL)?;
         let mut replaced = KVec::with_capacity(n, GFP_KERNEL)?;
-        let mut frozen = KVec::with_capacity(n, GFP_KERNEL)?;
+        let mut areas = KVec::with_capacity(n, GFP_KERNEL)?;
+        let mut images = KVec::with_capacity(n, GFP_KERNEL)?;
         for t in self.trackers.iter() {
             prepared.push(t.prepare_switch(params)?, GFP_KERNEL)?;
             generations.push(random_uuid(), GFP_KERNEL)?;
+            let capacity = t.capacity();
+            let shift = diff_storage::chunk_shift(
+                capacity,
+                u32::try_from(params.chunk_minimum_shift).map_err(|_| EINVAL)?,
+                u32::try_from(params.chunk_maximum_shift).map_err(|_| EINVAL)?,
+                u64::try_from(params.chunk_maximum_count).map_err(|_| EINVAL)?,
+                t.bdev().io_min(),
+            )
+            .ok_or(EFBIG)?;
+            let area = DiffArea::new(
+                t.clone(),
+                self.storage.clone(),
+                ctx.queue.clone(),
+                shift,
+                capacity,
+            )?;
+            areas.push(area, GFP_KERNEL)?;
         }
-        for t in self.trackers.iter() {
-            frozen.push(t.bdev().freeze()?, GFP_KERNEL)?;
+        let minors = ctx.minors;
+        for area in areas.iter() {
+            match ImageHandle::create(area.clone(), ctx.major, minors) {
+                Ok(image) => images.push(image, GFP_KERNEL)?,
+                Err(e) => {
+                    while let Some(image) = images.pop() {
+                        image.destroy(minors);
+                    }
+                    return Err(e);
+                }
+            }
         }
         {
+            let mut frozen = KVec::with_capacity(n, GFP_KERNEL)?;
+            for t in self.trackers.iter() {
+                match t.bdev().freeze() {
+                    Ok(f) => frozen.push(f, GFP_KERNEL)?,
+                    Err(e) => {
+                        drop(frozen);
+                        while let Some(image) = images.pop() {
+                            image.destroy(minors);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
             let _barrier = TakeBarrier::write();
-            for ((t, p), g) in self
+            for (((t, p), g), area) in self
                 .trackers
                 .iter()
                 .zip(prepared)
                 .zip(generations.iter())
+                .zip(areas.iter())
             {
-                // Capacity reserved above: this push does not allocate.
+                // Capacity reserved above: these pushes do not allocate.
                 let _ = replaced.push(t.switch(p, *g), GFP_NOWAIT);
+                // Not in a taken snapshot before: there is no old area.
+                let _ = t.set_area(Some(area.clone()));
             }
             self.taken.store(true, Ordering::Release);
         }
-        drop(frozen);
+        *self.images.lock() = images;
         drop(replaced);
         Ok(())
     }
 
-    /// SNAPSHOT_DESTROY: wakes every waiter with `ESRCH`.
-    pub(crate) fn destroy(&self) {
+    /// SNAPSHOT_DESTROY: stops copy-on-write (held-back writes pass), fails
+    /// image I/O, removes the images, wakes every event waiter with `ESRCH`.
+    /// The trackers stay.
+    pub(crate) fn destroy(&self, minors: &mut Minors) {
+        // Without memory for this list, areas are dropped under the barrier
+        // instead of after it; both are safe.
+        let mut detached =
+            KVec::with_capacity(self.trackers.len(), GFP_KERNEL).unwrap_or_else(|_| KVec::new());
+        {
+            let _barrier = TakeBarrier::write();
+            for t in self.trackers.iter() {
+                if let Some(area) = t.set_area(None) {
+                    let _ = detached.push(area, GFP_NOWAIT);
+                }
+            }
+        }
+        let mut images = self.images.lock();
+        for image in images.iter() {
+            image.area().deactivate();
+        }
+        for area in detached.iter() {
+            area.deactivate();
+        }
+        while let Some(image) = images.pop() {
+            image.destroy(minors);
+        }
+        drop(images);
+        if let Some(queue) = detached.iter().next().map(|a| a.queue().clone()) {
+            queue.flush();
+        }
         self.events.close();
     }
 }

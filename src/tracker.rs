@@ -11,13 +11,15 @@
 //! Locking:
 //! * `Registry::inner` (a mutex) serializes every change to the set of
 //!   trackers and snapshots and every decision about membership.
-//! * `Tracker::cbt` (an IRQ-safe spinlock) protects the map; the filter
-//!   takes it under the take barrier, so TAKE (which holds the barrier for
-//!   writing) switches maps at one point in time.
+//! * `Tracker::cbt` (an IRQ-safe spinlock) protects the map and the
+//!   copy-on-write state; the filter takes it under the take barrier, so
+//!   TAKE (which holds the barrier for writing) switches maps and starts
+//!   copy-on-write at one point in time.
 //! * Order: registry mutex, then take barrier, then a tracker's map lock.
 
 use crate::{
     cbt_map::{CbtMap, Geometry, Switch},
+    diff_area::DiffArea,
     params::Params,
     sys::{
         bdev::{self, BlockDevice},
@@ -37,13 +39,20 @@ pub(crate) type Table = VVec<u8>;
 // SAFETY: the only `DevIndex`; the registry empties it before unload.
 pub(crate) static INDEX: DevIndex<Tracker> = unsafe { DevIndex::new() };
 
+/// What a tracker's lock protects.
+pub(crate) struct TrackerState {
+    map: CbtMap<Table>,
+    /// Copy-on-write state while the device is in a taken snapshot.
+    area: Option<Arc<DiffArea>>,
+}
+
 /// Change tracking of one device.
 #[pin_data]
 pub(crate) struct Tracker {
     dev: u32,
     bdev: BlockDevice,
     #[pin]
-    cbt: IrqSpinLock<CbtMap<Table>>,
+    cbt: IrqSpinLock<TrackerState>,
 }
 
 /// Allocates two zeroed tables for `geometry`.
@@ -92,10 +101,15 @@ impl Tracker {
             pin_init!(Tracker {
                 dev,
                 bdev,
-                cbt <- new_irq_spinlock!(map, "blksnap_tracker_cbt"),
+                cbt <- new_irq_spinlock!(TrackerState { map, area: None }, "blksnap_tracker_cbt"),
             }),
             GFP_KERNEL,
         )
+    }
+
+    /// Capacity in sectors now.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.bdev.nr_sectors()
     }
 
     /// The tracked device (`dev_t`).
@@ -108,20 +122,30 @@ impl Tracker {
         &self.bdev
     }
 
-    /// Marks sectors `[sector, sector + count)` changed by I/O. Called by
-    /// the filter under the take barrier; never sleeps.
-    pub(crate) fn mark(&self, sector: u64, count: u64) {
-        self.cbt.lock().mark(sector, count);
+    /// Marks sectors `[sector, sector + count)` changed by a write and
+    /// returns the copy-on-write state it must go through, if any. Called
+    /// by the filter under the take barrier; never sleeps.
+    pub(crate) fn mark(&self, sector: u64, count: u64) -> Option<Arc<DiffArea>> {
+        let mut state = self.cbt.lock();
+        state.map.mark(sector, count);
+        state.area.clone()
     }
 
     /// MARK_DIRTY_BLOCKS and image writes: marks both tables.
     pub(crate) fn mark_dirty(&self, sector: u64, count: u64) {
-        self.cbt.lock().mark_both(sector, count);
+        self.cbt.lock().map.mark_both(sector, count);
+    }
+
+    /// Attaches or detaches copy-on-write state; called with the take
+    /// barrier held for writing.
+    pub(crate) fn set_area(&self, area: Option<Arc<DiffArea>>) -> Option<Arc<DiffArea>> {
+        core::mem::replace(&mut self.cbt.lock().area, area)
     }
 
     /// The UAPI description of this tracker.
     pub(crate) fn info(&self) -> blk_snap_cbt_info {
-        let cbt = self.cbt.lock();
+        let state = self.cbt.lock();
+        let cbt = &state.map;
         let g = cbt.geometry();
         blk_snap_cbt_info {
             dev_id: blk_snap_dev {
@@ -140,14 +164,14 @@ impl Tracker {
 
     /// Copies the readable table from byte `offset` into `out`.
     pub(crate) fn read_cbt(&self, offset: usize, out: &mut [u8]) -> usize {
-        self.cbt.lock().read(offset, out)
+        self.cbt.lock().map.read(offset, out)
     }
 
     /// Prepares TAKE: new tables if the capacity changed since the map was
     /// made. Called before the barrier is taken, since it allocates.
     pub(crate) fn prepare_switch(&self, params: &Params) -> Result<Option<PreparedSwitch>> {
         let capacity = self.bdev.nr_sectors();
-        if capacity == self.cbt.lock().geometry().capacity {
+        if capacity == self.cbt.lock().map.geometry().capacity {
             return Ok(None);
         }
         Ok(Some(PreparedSwitch(FreshMap::new(capacity, params)?)))
@@ -161,7 +185,8 @@ impl Tracker {
         prepared: Option<PreparedSwitch>,
         new_generation: [u8; 16],
     ) -> Option<(Table, Table)> {
-        let mut cbt = self.cbt.lock();
+        let mut state = self.cbt.lock();
+        let cbt = &mut state.map;
         let old = prepared.and_then(|PreparedSwitch(f)| {
             cbt.reset(f.geometry, f.active, f.readable, new_generation)
         });

@@ -69,6 +69,23 @@ impl BlockDevice {
         Ok(BlockDevice { file, bdev })
     }
 
+    /// The `block_device`, for the rest of the boundary layer.
+    pub(super) fn raw(&self) -> *mut bindings::block_device {
+        self.bdev
+    }
+
+    /// The smallest I/O size the device performs well, in bytes.
+    pub(crate) fn io_min(&self) -> u32 {
+        // SAFETY: `bdev` is valid while the file is open (invariant).
+        unsafe { bindings::blksnap_bdev_io_min(self.bdev) }
+    }
+
+    /// The device number (`dev_t`).
+    pub(crate) fn dev(&self) -> u32 {
+        // SAFETY: `bdev` is valid while the file is open (invariant).
+        unsafe { bindings::blksnap_bdev_dev(self.bdev) }
+    }
+
     /// Capacity in sectors (0 once the disk is gone).
     pub(crate) fn nr_sectors(&self) -> u64 {
         // SAFETY: `bdev` is valid while the file is open (invariant).

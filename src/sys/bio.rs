@@ -65,3 +65,126 @@ impl BioInfo {
         }
     }
 }
+
+/// A bio the module holds: one submitted to a tracked device and held back
+/// until its chunks are copied, or one submitted to a snapshot image. It
+/// must be passed on or ended exactly once; dropping it without either
+/// would hang its submitter, so `Drop` ends it with an I/O error.
+pub(crate) struct Bio(core::ptr::NonNull<bindings::bio>);
+
+// SAFETY: a bio may be completed or resubmitted from any thread.
+unsafe impl Send for Bio {}
+
+impl Bio {
+    /// Takes charge of `bio`.
+    ///
+    /// # Safety
+    ///
+    /// `bio` is a bio being submitted, and the caller hands over the duty to
+    /// pass it on or end it.
+    pub(crate) unsafe fn from_raw(bio: *mut bindings::bio) -> Option<Self> {
+        // A null bio: nothing to hold (`bio_split_to_limits` ended it).
+        core::ptr::NonNull::new(bio).map(Bio)
+    }
+
+    /// The bio's fields.
+    pub(crate) fn info(&self) -> BioInfo {
+        // SAFETY: the bio is valid while we hold it.
+        unsafe { BioInfo::read(self.0.as_ptr()) }
+    }
+
+    /// Whether the bio writes data (as opposed to reading it).
+    pub(crate) fn is_write(&self) -> bool {
+        self.info().op() == Op::Change
+    }
+
+    /// Passes the bio on to its device, from inside the module.
+    pub(crate) fn pass(self) {
+        let bio = core::mem::ManuallyDrop::new(self);
+        // SAFETY: we hold the bio; passing it on hands it back to the block
+        // layer.
+        unsafe { bindings::blksnap_bio_pass(bio.0.as_ptr()) };
+    }
+
+    /// Completes the bio with `result`.
+    pub(crate) fn end(self, result: kernel::error::Result) {
+        let bio = core::mem::ManuallyDrop::new(self);
+        let err = match result {
+            Ok(()) => 0,
+            Err(e) => e.to_errno(),
+        };
+        // SAFETY: we hold the bio; ending it hands it back to its owner.
+        unsafe { bindings::blksnap_bio_end(bio.0.as_ptr(), err) };
+    }
+
+    /// Does the bio's I/O on `bdev` at `sector` instead, and waits: a clone
+    /// shares the bio's pages. Sleeps.
+    pub(crate) fn redirect_wait(
+        &self,
+        bdev: &super::bdev::BlockDevice,
+        sector: u64,
+    ) -> kernel::error::Result {
+        // SAFETY: the bio and the device are valid; the clone is released
+        // below after its I/O completed.
+        unsafe {
+            let clone = bindings::blksnap_bio_clone(self.0.as_ptr(), bdev.raw(), sector);
+            if clone.is_null() {
+                return Err(kernel::error::code::ENOMEM);
+            }
+            let ret = bindings::blksnap_bio_submit_wait(clone);
+            bindings::bio_put(clone);
+            kernel::error::to_result(ret)
+        }
+    }
+}
+
+impl Drop for Bio {
+    fn drop(&mut self) {
+        // SAFETY: we still hold the bio: fail it rather than leak it.
+        unsafe { bindings::blksnap_bio_end(self.0.as_ptr(), kernel::error::code::EIO.to_errno()) };
+    }
+}
+
+/// Reads or writes `sectors` sectors at `sector` of `bdev` from or into
+/// `pages` (each a full page, in order), with the module's own bios. Sleeps.
+pub(crate) fn page_io(
+    bdev: &super::bdev::BlockDevice,
+    sector: u64,
+    sectors: u64,
+    pages: &[kernel::page::Page],
+    write: bool,
+) -> kernel::error::Result {
+    const PAGE_SECTORS: u64 = (kernel::page::PAGE_SIZE / 512) as u64;
+    const MAX_VECS: usize = 256;
+    let op = if write {
+        bindings::REQ_OP_WRITE
+    } else {
+        bindings::REQ_OP_READ
+    };
+    let needed =
+        usize::try_from(sectors.div_ceil(PAGE_SECTORS)).map_err(|_| kernel::error::code::EINVAL)?;
+    let pages = pages.get(..needed).ok_or(kernel::error::code::EINVAL)?;
+    let mut done = 0u64;
+    for batch in pages.chunks(MAX_VECS) {
+        // SAFETY: the device is open; the bio is ours until `bio_put`; each
+        // page outlives the synchronous I/O.
+        unsafe {
+            let bio = bindings::blksnap_bio_new(bdev.raw(), sector + done, op, batch.len() as u16);
+            if bio.is_null() {
+                return Err(kernel::error::code::ENOMEM);
+            }
+            for page in batch {
+                let len = (sectors - done).min(PAGE_SECTORS) * 512;
+                if len == 0 {
+                    break;
+                }
+                bindings::bio_add_page(bio, page.as_ptr().cast(), len as u32, 0);
+                done += len / 512;
+            }
+            let ret = bindings::blksnap_bio_submit_wait(bio);
+            bindings::bio_put(bio);
+            kernel::error::to_result(ret)?;
+        }
+    }
+    Ok(())
+}

@@ -4,15 +4,15 @@
 //! filter first.
 //!
 //! The C shim's ftrace ops on `submit_bio_noacct` redirects each call made
-//! from outside the module to `blksnap_bio_hook`, which asks the filter
-//! (`crate::filter::submit`) and passes the bio on from inside the module,
-//! where the ops lets it through. The module's own I/O therefore never
-//! reaches the filter.
+//! from outside the module to `blksnap_bio_hook`, which hands the bio to the
+//! filter (`crate::filter::submit`); the filter passes it on from inside the
+//! module, where the ops lets it through. The module's own I/O therefore
+//! never reaches the filter.
 //!
 //! Locking: none; [`INFLIGHT`] counts the calls inside the hook so removal
 //! can wait for them to leave the module's text.
 
-use super::{bindings, bio::BioInfo};
+use super::{bindings, bio::Bio};
 use core::sync::atomic::{AtomicUsize, Ordering};
 use kernel::{error::to_result, prelude::*};
 
@@ -53,10 +53,10 @@ impl Drop for BioHook {
 #[no_mangle]
 unsafe extern "C" fn blksnap_bio_hook(bio: *mut bindings::bio) {
     INFLIGHT.fetch_add(1, Ordering::AcqRel);
-    // SAFETY: the submitter owns `bio` until it is passed on.
-    let info = unsafe { BioInfo::read(bio) };
-    crate::filter::submit(&info);
-    // SAFETY: passes the submitter's bio on, as `submit_bio_noacct` would.
-    unsafe { bindings::blksnap_bio_pass(bio) };
+    // SAFETY: the submitter hands the bio over, as to `submit_bio_noacct`;
+    // the filter passes it on, now or after copy-on-write.
+    if let Some(bio) = unsafe { Bio::from_raw(bio) } {
+        crate::filter::submit(bio);
+    }
     INFLIGHT.fetch_sub(1, Ordering::AcqRel);
 }

@@ -14,11 +14,13 @@
 pub(crate) mod bdev;
 pub(crate) mod bio;
 pub(crate) mod dev_index;
+pub(crate) mod disk;
 pub(crate) mod hook;
 pub(crate) mod miscdev;
 pub(crate) mod params;
 pub(crate) mod sync;
 pub(crate) mod vec;
+pub(crate) mod work;
 
 /// Generated at build time from `src/sys/bindings.h` with the kernel's own
 /// bindgen flags (see `Kbuild`).
@@ -75,4 +77,92 @@ pub(crate) fn capable_sys_admin() -> bool {
 pub(crate) fn generate_random_uuid(id: &mut [u8; 16]) {
     // SAFETY: `id` is 16 writable bytes, as the function requires.
     unsafe { bindings::generate_random_uuid(id.as_mut_ptr()) }
+}
+
+/// While alive, allocations of this task do no I/O (`memalloc_noio_save`):
+/// the copy-on-write path runs under one, so no allocation there can recurse
+/// into the I/O it is serving.
+pub(crate) struct NoIo {
+    flags: kernel::ffi::c_uint,
+    _not_send: core::marker::PhantomData<*mut ()>,
+}
+
+impl NoIo {
+    /// Enters the scope.
+    pub(crate) fn enter() -> Self {
+        // SAFETY: always allowed; the guard restores the flags.
+        let flags = unsafe { bindings::blksnap_noio_save() };
+        NoIo {
+            flags,
+            _not_send: core::marker::PhantomData,
+        }
+    }
+}
+
+impl Drop for NoIo {
+    fn drop(&mut self) {
+        // SAFETY: saved by `enter` in this task.
+        unsafe { bindings::blksnap_noio_restore(self.flags) };
+    }
+}
+
+/// The bio set the module's own bios come from; exists while the value
+/// does.
+pub(crate) struct BioSet(());
+
+impl BioSet {
+    /// Initialises the module's bio set.
+    pub(crate) fn new() -> kernel::error::Result<Self> {
+        // SAFETY: once at module init; `Drop` exits it.
+        kernel::error::to_result(unsafe { bindings::blksnap_bioset_init() })?;
+        Ok(BioSet(()))
+    }
+}
+
+impl Drop for BioSet {
+    fn drop(&mut self) {
+        // SAFETY: initialised by `new`; dropped after everything that
+        // allocates from it (the module's field order).
+        unsafe { bindings::blksnap_bioset_exit() };
+    }
+}
+
+/// The module's workqueue for copy-on-write and image I/O
+/// (`WQ_MEM_RECLAIM`: it serves writeback). Drained and destroyed on drop.
+pub(crate) struct CowQueue(*mut bindings::workqueue_struct);
+
+// SAFETY: workqueues are used from any thread.
+unsafe impl Send for CowQueue {}
+// SAFETY: as above.
+unsafe impl Sync for CowQueue {}
+
+impl CowQueue {
+    /// Allocates the workqueue.
+    pub(crate) fn new() -> kernel::error::Result<Self> {
+        // SAFETY: process context (module init).
+        let wq = unsafe { bindings::blksnap_alloc_workqueue() };
+        if wq.is_null() {
+            return Err(kernel::error::code::ENOMEM);
+        }
+        Ok(CowQueue(wq))
+    }
+
+    /// Waits until every work item queued so far has run.
+    pub(crate) fn flush(&self) {
+        // SAFETY: valid until `Drop`; process context.
+        unsafe { bindings::__flush_workqueue(self.0) };
+    }
+
+    /// The queue, to spawn work on.
+    pub(crate) fn queue(&self) -> &kernel::workqueue::Queue {
+        // SAFETY: valid until `Drop`, which outlives `&self`.
+        unsafe { kernel::workqueue::Queue::from_raw(self.0.cast()) }
+    }
+}
+
+impl Drop for CowQueue {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `new`; waits for queued work, then frees.
+        unsafe { bindings::destroy_workqueue(self.0) };
+    }
 }

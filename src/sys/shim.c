@@ -10,8 +10,10 @@
 #include <linux/module.h>
 #include <linux/moduleparam.h>
 #include <linux/rcupdate.h>
+#include <linux/sched/mm.h>
 #include <linux/sched.h>
 #include <linux/spinlock.h>
+#include <linux/workqueue.h>
 #include <linux/xarray.h>
 
 #include "shim.h"
@@ -179,4 +181,141 @@ dev_t blksnap_bdev_dev(struct block_device *bdev)
 int blksnap_xa_insert(struct xarray *xa, unsigned long index, void *entry)
 {
 	return xa_insert(xa, index, entry, GFP_KERNEL);
+}
+
+unsigned int blksnap_bdev_io_min(struct block_device *bdev)
+{
+	return bdev_io_min(bdev);
+}
+
+/* The module's own I/O. */
+
+static struct bio_set blksnap_bio_set;
+
+int blksnap_bioset_init(void)
+{
+	return bioset_init(&blksnap_bio_set, 64, 0, BIOSET_NEED_BVECS);
+}
+
+void blksnap_bioset_exit(void)
+{
+	bioset_exit(&blksnap_bio_set);
+}
+
+struct bio *blksnap_bio_new(struct block_device *bdev, u64 sector,
+			    unsigned int op, unsigned short nr_vecs)
+{
+	struct bio *bio = bio_alloc_bioset(bdev, nr_vecs, op, GFP_NOIO,
+					   &blksnap_bio_set);
+
+	if (bio)
+		bio->bi_iter.bi_sector = sector;
+	return bio;
+}
+
+struct bio *blksnap_bio_clone(struct bio *src, struct block_device *bdev,
+			      u64 sector)
+{
+	struct bio *bio = bio_alloc_clone(bdev, src, GFP_NOIO, &blksnap_bio_set);
+
+	if (bio)
+		bio->bi_iter.bi_sector = sector;
+	return bio;
+}
+
+static void blksnap_bio_wait_endio(struct bio *bio)
+{
+	complete(bio->bi_private);
+}
+
+int blksnap_bio_submit_wait(struct bio *bio)
+{
+	DECLARE_COMPLETION_ONSTACK(done);
+
+	bio->bi_private = &done;
+	bio->bi_end_io = blksnap_bio_wait_endio;
+	bio->bi_opf |= REQ_SYNC;
+	blksnap_bio_pass(bio);
+	wait_for_completion_io(&done);
+	return blk_status_to_errno(bio->bi_status);
+}
+
+void blksnap_bio_end(struct bio *bio, int err)
+{
+	bio->bi_status = errno_to_blk_status(err);
+	bio_endio(bio);
+}
+
+/* Snapshot image disks. */
+
+struct workqueue_struct *blksnap_alloc_workqueue(void)
+{
+	return alloc_workqueue("blksnap", WQ_MEM_RECLAIM | WQ_UNBOUND, 0);
+}
+
+static const struct block_device_operations blksnap_image_fops = {
+	.owner = THIS_MODULE,
+	.submit_bio = blksnap_image_submit_bio,
+};
+
+struct gendisk *blksnap_disk_create(int major, int minor, const char *name,
+				    u64 capacity, unsigned int chunk_sectors,
+				    void *private_data)
+{
+	struct queue_limits lim = {
+		.logical_block_size = SECTOR_SIZE,
+		.max_hw_sectors = chunk_sectors,
+		.chunk_sectors = chunk_sectors,
+	};
+	struct gendisk *disk;
+	int ret;
+
+	disk = blk_alloc_disk(&lim, NUMA_NO_NODE);
+	if (IS_ERR(disk))
+		return disk;
+	disk->major = major;
+	disk->first_minor = minor;
+	disk->minors = 1;
+	disk->fops = &blksnap_image_fops;
+	disk->private_data = private_data;
+	disk->flags |= GENHD_FL_NO_PART;
+	strscpy(disk->disk_name, name, DISK_NAME_LEN);
+	set_capacity(disk, capacity);
+	ret = add_disk(disk);
+	if (ret) {
+		put_disk(disk);
+		return ERR_PTR(ret);
+	}
+	return disk;
+}
+
+void blksnap_disk_destroy(struct gendisk *disk)
+{
+	del_gendisk(disk);
+	put_disk(disk);
+}
+
+void *blksnap_bio_disk_private(struct bio *bio)
+{
+	return bio->bi_bdev->bd_disk->private_data;
+}
+
+int blksnap_register_blkdev(void)
+{
+	return register_blkdev(0, "blksnap-image");
+}
+
+void blksnap_unregister_blkdev(unsigned int major)
+{
+	unregister_blkdev(major, "blksnap-image");
+}
+
+unsigned int blksnap_noio_save(void)
+{
+	return memalloc_noio_save();
+}
+
+void blksnap_noio_restore(unsigned int flags)
+{
+	memalloc_noio_restore(flags);
 }

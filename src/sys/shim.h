@@ -61,6 +61,34 @@ unsigned long blksnap_take_write_lock(void);
 void blksnap_take_write_unlock(unsigned long flags);
 
 sector_t blksnap_bdev_nr_sectors(struct block_device *bdev);
+unsigned int blksnap_bdev_io_min(struct block_device *bdev);
+
+/* The module's own I/O. Bios come from the module's bio set and are
+ * submitted from inside the module, so the hook lets them through. */
+int blksnap_bioset_init(void);
+void blksnap_bioset_exit(void);
+struct bio *blksnap_bio_new(struct block_device *bdev, u64 sector,
+			    unsigned int op, unsigned short nr_vecs);
+struct bio *blksnap_bio_clone(struct bio *src, struct block_device *bdev,
+			      u64 sector);
+/* Submits and waits; returns 0 or a negative errno. Does not put the bio. */
+int blksnap_bio_submit_wait(struct bio *bio);
+void blksnap_bio_end(struct bio *bio, int err);
+
+/* Snapshot image disks. */
+struct workqueue_struct;
+struct workqueue_struct *blksnap_alloc_workqueue(void);
+struct gendisk *blksnap_disk_create(int major, int minor, const char *name,
+				    u64 capacity, unsigned int chunk_sectors,
+				    void *private_data);
+void blksnap_disk_destroy(struct gendisk *disk);
+void *blksnap_bio_disk_private(struct bio *bio);
+int blksnap_register_blkdev(void);
+void blksnap_unregister_blkdev(unsigned int major);
+unsigned int blksnap_noio_save(void);
+void blksnap_noio_restore(unsigned int flags);
+/* Rust: the image disks' submit_bio. */
+void blksnap_image_submit_bio(struct bio *bio);
 dev_t blksnap_bdev_dev(struct block_device *bdev);
 
 #endif

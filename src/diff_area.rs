@@ -1,0 +1,513 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Copy-on-write: the difference storage of a snapshot ([`Storage`]) and the
+//! per-device state of a taken snapshot ([`DiffArea`]).
+//!
+//! A [`DiffArea`] knows, for every chunk of its device touched since TAKE,
+//! whether its original data is being copied, is stored (and where), or
+//! could not be stored. Chunks never touched cost nothing: their states live
+//! in a tree that only grows on first touch. The first write to a chunk
+//! after TAKE waits until the chunk's original data is in the difference
+//! storage; other chunks, reads and other devices go on. Image reads of a
+//! chunk not copied yet read the original, and a write to that chunk waits
+//! until those reads are done.
+//!
+//! When the storage runs out, or storage I/O fails, the snapshot becomes
+//! corrupted: one `corrupted` event, image I/O fails from then on, and
+//! writes to the original devices go through untouched.
+//!
+//! Locking:
+//! * `DiffArea::chunks` (IRQ-safe spinlock; the bio filter reads it in
+//!   atomic context) protects every chunk's state; `DiffArea::changed`
+//!   (a condition variable on it) is signalled when a copy finishes or the
+//!   last image read of an uncopied chunk ends.
+//! * `Storage::inner` (a mutex) protects the storage accounting and the open
+//!   storage devices; it is only taken in process context.
+//! * Order: a chunk lock is never held while taking the storage mutex.
+
+use crate::{
+    diff_storage::{self, DiffStorage, Extent, Slot},
+    event_queue::EventQueue,
+    sys::{
+        bdev::{self, BlockDevice},
+        bio::{page_io, Bio},
+        sync::{new_irq_spinlock, IrqSpinLock},
+        CowQueue,
+    },
+    tracker::Tracker,
+    uapi,
+};
+use core::sync::atomic::{AtomicBool, Ordering};
+use kernel::{
+    new_condvar, new_mutex,
+    page::{Page, PAGE_SIZE},
+    prelude::*,
+    rbtree::{RBTree, RBTreeNodeReservation},
+    sync::{Arc, CondVar, Mutex},
+};
+
+/// What the difference storage holds under its lock.
+struct StorageInner {
+    accounting: DiffStorage<KVec<Extent>>,
+    /// The storage devices, opened at append.
+    devices: KVec<Arc<BlockDevice>>,
+}
+
+/// A snapshot's difference storage: the ranges user space appended, and
+/// the snapshot's corruption state.
+#[pin_data]
+pub(crate) struct Storage {
+    #[pin]
+    inner: Mutex<StorageInner>,
+    corrupted: AtomicBool,
+    /// Sectors to ask for in low_free_space events.
+    minimum: u64,
+    events: Arc<EventQueue>,
+}
+
+impl Storage {
+    /// Empty storage that reports to `events`.
+    pub(crate) fn new(minimum: u64, events: Arc<EventQueue>) -> Result<Arc<Self>> {
+        let inner = StorageInner {
+            accounting: DiffStorage::new(KVec::new()),
+            devices: KVec::new(),
+        };
+        Arc::pin_init(
+            pin_init!(Storage {
+                inner <- new_mutex!(inner, "blksnap_storage"),
+                corrupted: AtomicBool::new(false),
+                minimum,
+                events,
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    /// SNAPSHOT_APPEND_STORAGE: adds page-aligned ranges of `dev`. `EINVAL`
+    /// for an empty, misaligned, overflowing, out-of-device or overlapping
+    /// range; nothing is added unless every range is valid.
+    pub(crate) fn append(&self, dev: u32, ranges: &[uapi::blk_snap_block_range]) -> Result {
+        let bdev = BlockDevice::open(dev)?;
+        let capacity = bdev.nr_sectors();
+        let mut inner = self.inner.lock();
+        for (i, r) in ranges.iter().enumerate() {
+            diff_storage::check_range(r.sector_offset, r.sector_count, capacity)
+                .map_err(|_| EINVAL)?;
+            let e = Extent {
+                dev,
+                start: r.sector_offset,
+                count: r.sector_count,
+            };
+            let earlier = ranges.get(..i).unwrap_or(&[]);
+            let overlaps_earlier = earlier.iter().any(|o| {
+                o.sector_offset < e.start + e.count && e.start < o.sector_offset + o.sector_count
+            });
+            if overlaps_earlier || inner.accounting.overlaps(&e) {
+                return Err(EINVAL);
+            }
+        }
+        inner
+            .accounting
+            .extents_mut()
+            .reserve(ranges.len(), GFP_KERNEL)?;
+        if !inner.devices.iter().any(|d| d.dev() == dev) {
+            inner
+                .devices
+                .push(Arc::new(bdev, GFP_KERNEL)?, GFP_KERNEL)?;
+        }
+        for r in ranges {
+            let e = Extent {
+                dev,
+                start: r.sector_offset,
+                count: r.sector_count,
+            };
+            // Reserved above: does not allocate.
+            inner.accounting.extents_mut().push(e, GFP_KERNEL)?;
+            inner.accounting.appended(r.sector_count);
+        }
+        Ok(())
+    }
+
+    /// Whether the snapshot is corrupted.
+    pub(crate) fn is_corrupted(&self) -> bool {
+        self.corrupted.load(Ordering::Acquire)
+    }
+
+    /// Marks the snapshot corrupted because of `err` on `orig` (queues the
+    /// one `corrupted` event).
+    pub(crate) fn corrupt(&self, orig: u32, err: Error) {
+        if self.corrupted.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        pr_err!(
+            "snapshot of {}:{} corrupted: error {}\n",
+            bdev::major(orig),
+            bdev::minor(orig),
+            err.to_errno()
+        );
+        // struct blk_snap_event_corrupted: orig_dev_id, err_code.
+        let mut data = [0u8; 12];
+        let fields = bdev::major(orig)
+            .to_ne_bytes()
+            .into_iter()
+            .chain(bdev::minor(orig).to_ne_bytes())
+            .chain((-err.to_errno()).to_ne_bytes());
+        for (d, s) in data.iter_mut().zip(fields) {
+            *d = s;
+        }
+        self.events.push(uapi::blk_snap_event_code_corrupted, &data);
+    }
+
+    /// Hands out a slot of `sectors` and the device it is on; asks user
+    /// space for more storage when free space drops below half the minimum.
+    fn alloc(&self, sectors: u64) -> Result<(Slot, Arc<BlockDevice>)> {
+        let mut inner = self.inner.lock();
+        let slot = inner.accounting.alloc(sectors).ok_or(ENOSPC)?;
+        if inner.accounting.should_request(self.minimum) {
+            self.events.push(
+                uapi::blk_snap_event_code_low_free_space,
+                &self.minimum.to_ne_bytes(),
+            );
+        }
+        let bdev = inner.device(slot.dev)?;
+        Ok((slot, bdev))
+    }
+
+    /// The open storage device `dev`.
+    fn device(&self, dev: u32) -> Result<Arc<BlockDevice>> {
+        self.inner.lock().device(dev)
+    }
+}
+
+impl StorageInner {
+    fn device(&self, dev: u32) -> Result<Arc<BlockDevice>> {
+        self.devices
+            .iter()
+            .find(|d| d.dev() == dev)
+            .cloned()
+            .ok_or(EIO)
+    }
+}
+
+/// Where a chunk's original data is.
+#[derive(Clone, Copy)]
+enum State {
+    /// Still only on the original device.
+    NotCopied,
+    /// Being copied; writers and image readers wait.
+    Copying,
+    /// In the difference storage.
+    Stored(Slot),
+    /// Could not be stored: the snapshot is corrupted.
+    Failed,
+}
+
+/// One touched chunk.
+#[derive(Clone, Copy)]
+struct Chunk {
+    state: State,
+    /// Image reads of this chunk in flight on the original device.
+    readers: u32,
+}
+
+/// What a write to the original device needs.
+pub(crate) enum WriteNeed {
+    /// Nothing: every chunk it touches is stored (or the snapshot is dead).
+    Nothing,
+    /// Some chunk must be copied (or waited for) first.
+    Copy,
+}
+
+/// A device's copy-on-write state in a taken snapshot.
+#[pin_data]
+pub(crate) struct DiffArea {
+    tracker: Arc<Tracker>,
+    storage: Arc<Storage>,
+    queue: Arc<CowQueue>,
+    /// log2 of the chunk size in bytes.
+    chunk_shift: u32,
+    /// Device capacity at TAKE, in sectors: the image's capacity.
+    capacity: u64,
+    /// Cleared when the snapshot is destroyed: held-back writes then pass,
+    /// image I/O fails.
+    active: AtomicBool,
+    #[pin]
+    chunks: IrqSpinLock<RBTree<u64, Chunk>>,
+    #[pin]
+    changed: CondVar,
+}
+
+impl DiffArea {
+    /// The copy-on-write state of `tracker`'s device for a snapshot being
+    /// taken, with chunks of 2^`chunk_shift` bytes.
+    pub(crate) fn new(
+        tracker: Arc<Tracker>,
+        storage: Arc<Storage>,
+        queue: Arc<CowQueue>,
+        chunk_shift: u32,
+        capacity: u64,
+    ) -> Result<Arc<Self>> {
+        Arc::pin_init(
+            pin_init!(DiffArea {
+                tracker,
+                storage,
+                queue,
+                chunk_shift,
+                capacity,
+                active: AtomicBool::new(true),
+                chunks <- new_irq_spinlock!(RBTree::new(), "blksnap_chunks"),
+                changed <- new_condvar!("blksnap_chunk_changed"),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    /// The original device's tracker.
+    pub(crate) fn tracker(&self) -> &Arc<Tracker> {
+        &self.tracker
+    }
+
+    /// The workqueue copy-on-write and image I/O run on.
+    pub(crate) fn queue(&self) -> &Arc<CowQueue> {
+        &self.queue
+    }
+
+    /// Marks the snapshot corrupted because of `err` on this device.
+    pub(crate) fn corrupt(&self, err: Error) {
+        self.storage.corrupt(self.tracker.dev(), err);
+    }
+
+    /// Image capacity in sectors.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Chunk size in sectors.
+    pub(crate) fn chunk_sectors(&self) -> u64 {
+        1 << (self.chunk_shift - 9)
+    }
+
+    /// Whether image I/O may proceed.
+    pub(crate) fn usable(&self) -> bool {
+        self.active.load(Ordering::Acquire) && !self.storage.is_corrupted()
+    }
+
+    /// Ends copy-on-write: held-back writes pass, image I/O fails, waiters
+    /// wake up.
+    pub(crate) fn deactivate(&self) {
+        self.active.store(false, Ordering::Release);
+        let _guard = self.chunks.lock();
+        self.changed.notify_all();
+    }
+
+    /// The chunks sectors `[sector, sector + count)` touch, clipped to the
+    /// capacity at TAKE.
+    fn chunk_range(&self, sector: u64, count: u64) -> core::ops::Range<u64> {
+        let end = sector.saturating_add(count).min(self.capacity);
+        if count == 0 || sector >= end {
+            return 0..0;
+        }
+        let shift = self.chunk_shift - 9;
+        (sector >> shift)..(((end - 1) >> shift) + 1)
+    }
+
+    /// For the bio filter, in atomic context: whether a write of these
+    /// sectors must wait for copy-on-write.
+    pub(crate) fn write_need(&self, sector: u64, count: u64) -> WriteNeed {
+        if !self.usable() {
+            return WriteNeed::Nothing;
+        }
+        let chunks = self.chunks.lock();
+        for c in self.chunk_range(sector, count) {
+            match chunks.get(&c) {
+                Some(Chunk {
+                    state: State::Stored(_) | State::Failed,
+                    readers: 0,
+                }) => {}
+                _ => return WriteNeed::Copy,
+            }
+        }
+        WriteNeed::Nothing
+    }
+
+    /// In process context, for a held-back write: copies every chunk the
+    /// write touches that is not stored yet, and waits until no image read
+    /// of them is in flight on the original. A failure corrupts the snapshot
+    /// but never the write: it goes on afterwards either way.
+    pub(crate) fn prepare_write(&self, sector: u64, count: u64) {
+        for c in self.chunk_range(sector, count) {
+            if !self.usable() {
+                return;
+            }
+            if let Err(e) = self.ensure_stored(c) {
+                self.storage.corrupt(self.tracker.dev(), e);
+            }
+            self.wait_no_readers(c);
+        }
+    }
+
+    /// Waits until no image read of chunk `c` is in flight on the original.
+    fn wait_no_readers(&self, c: u64) {
+        let mut chunks = self.chunks.lock();
+        while chunks.get(&c).is_some_and(|ch| ch.readers > 0) && self.active.load(Ordering::Acquire)
+        {
+            self.changed.wait(&mut chunks);
+        }
+    }
+
+    /// Makes sure chunk `c`'s original data is in the difference storage,
+    /// copying it if nobody has; returns where it is.
+    fn ensure_stored(&self, c: u64) -> Result<Slot> {
+        let mut node = None;
+        loop {
+            if !self.active.load(Ordering::Acquire) {
+                return Err(EIO);
+            }
+            let mut chunks = self.chunks.lock();
+            match chunks.get(&c).map(|ch| ch.state) {
+                Some(State::Stored(slot)) => return Ok(slot),
+                Some(State::Failed) => return Err(EIO),
+                Some(State::Copying) => {
+                    self.changed.wait(&mut chunks);
+                    continue;
+                }
+                Some(State::NotCopied) => {
+                    if let Some(ch) = chunks.get_mut(&c) {
+                        ch.state = State::Copying;
+                    }
+                }
+                None => {
+                    let Some(reservation) = node.take() else {
+                        drop(chunks);
+                        node = Some(RBTreeNodeReservation::new(GFP_KERNEL)?);
+                        continue;
+                    };
+                    let chunk = Chunk {
+                        state: State::Copying,
+                        readers: 0,
+                    };
+                    chunks.insert(RBTreeNodeReservation::into_node(reservation, c, chunk));
+                }
+            }
+            drop(chunks);
+            let result = self.copy(c);
+            let mut chunks = self.chunks.lock();
+            if let Some(ch) = chunks.get_mut(&c) {
+                ch.state = match result {
+                    Ok(slot) => State::Stored(slot),
+                    Err(_) => State::Failed,
+                };
+            }
+            self.changed.notify_all();
+            return result;
+        }
+    }
+
+    /// Copies chunk `c` from the original device into a new slot.
+    fn copy(&self, c: u64) -> Result<Slot> {
+        let chunk_sectors = self.chunk_sectors();
+        let start = c * chunk_sectors;
+        let sectors = chunk_sectors.min(self.capacity.saturating_sub(start));
+        let (slot, storage) = self.storage.alloc(chunk_sectors)?;
+        let page_count =
+            usize::try_from(chunk_sectors * 512 / PAGE_SIZE as u64).map_err(|_| EINVAL)?;
+        let mut pages = KVec::with_capacity(page_count, GFP_KERNEL)?;
+        for _ in 0..page_count {
+            pages.push(Page::alloc_page(GFP_KERNEL)?, GFP_KERNEL)?;
+        }
+        page_io(self.tracker.bdev(), start, sectors, &pages, false)?;
+        page_io(&storage, slot.sector, sectors, &pages, true)?;
+        Ok(slot)
+    }
+
+    /// Serves a bio of the snapshot image, in process context. The bio lies
+    /// within one chunk (the image disk's limits split it).
+    pub(crate) fn image_io(&self, bio: Bio) {
+        let result = self.do_image_io(&bio);
+        if result.is_err() && self.active.load(Ordering::Acquire) {
+            if let Err(e) = result {
+                if e != EIO {
+                    self.storage.corrupt(self.tracker.dev(), e);
+                }
+            }
+        }
+        bio.end(result);
+    }
+
+    fn do_image_io(&self, bio: &Bio) -> Result {
+        if !self.usable() {
+            return Err(EIO);
+        }
+        let info = bio.info();
+        let (sector, count) = (info.sector(), info.sectors());
+        if count == 0 {
+            return Ok(());
+        }
+        let range = self.chunk_range(sector, count);
+        if range.end - range.start != 1 {
+            return Err(EIO);
+        }
+        let c = range.start;
+        let offset = sector - c * self.chunk_sectors();
+        if bio.is_write() {
+            let slot = self.ensure_stored(c)?;
+            let storage = self.storage.device(slot.dev)?;
+            bio.redirect_wait(&storage, slot.sector + offset)?;
+            self.tracker.mark_dirty(sector, count);
+            return Ok(());
+        }
+        let mut node = None;
+        loop {
+            if !self.usable() {
+                return Err(EIO);
+            }
+            let mut chunks = self.chunks.lock();
+            match chunks.get(&c).map(|ch| ch.state) {
+                Some(State::Stored(slot)) => {
+                    drop(chunks);
+                    let storage = self.storage.device(slot.dev)?;
+                    return bio.redirect_wait(&storage, slot.sector + offset);
+                }
+                Some(State::Failed) => return Err(EIO),
+                Some(State::Copying) => {
+                    self.changed.wait(&mut chunks);
+                }
+                Some(State::NotCopied) => {
+                    if let Some(ch) = chunks.get_mut(&c) {
+                        ch.readers += 1;
+                    }
+                    drop(chunks);
+                    return self.read_original(bio, c, sector);
+                }
+                None => {
+                    let Some(reservation) = node.take() else {
+                        drop(chunks);
+                        node = Some(RBTreeNodeReservation::new(GFP_KERNEL)?);
+                        continue;
+                    };
+                    let chunk = Chunk {
+                        state: State::NotCopied,
+                        readers: 1,
+                    };
+                    chunks.insert(RBTreeNodeReservation::into_node(reservation, c, chunk));
+                    drop(chunks);
+                    return self.read_original(bio, c, sector);
+                }
+            }
+        }
+    }
+
+    /// Reads an uncopied chunk from the original; the caller counted this
+    /// read in the chunk's readers, which a write waits for.
+    fn read_original(&self, bio: &Bio, c: u64, sector: u64) -> Result {
+        let result = bio.redirect_wait(self.tracker.bdev(), sector);
+        let mut chunks = self.chunks.lock();
+        if let Some(ch) = chunks.get_mut(&c) {
+            ch.readers = ch.readers.saturating_sub(1);
+            if ch.readers == 0 {
+                self.changed.notify_all();
+            }
+        }
+        result
+    }
+}

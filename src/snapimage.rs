@@ -1,0 +1,152 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Snapshot images: one disk, `blksnap-image<minor>`, per original device
+//! of a taken snapshot, showing the device as it was at TAKE.
+//!
+//! Image bios arrive in the block layer's submit path, where the module may
+//! not wait for I/O of its own, so each goes to the module's workqueue,
+//! which serves it from the diff area (see `diff_area`). Images are
+//! writable: writes land in the difference storage.
+//!
+//! Locking: none of its own. [`Minors`] is kept under the control state
+//! mutex. The disk is removed (`del_gendisk`, which waits for callers of
+//! `submit_bio` to leave) before its [`Image`] can be freed; bios already
+//! queued hold a reference to the image.
+
+use crate::{
+    diff_area::DiffArea,
+    sys::{
+        bio::Bio,
+        disk::{ImageDisk, ImageMajor},
+        work, NoIo,
+    },
+};
+use kernel::{
+    fmt,
+    prelude::*,
+    str::CString,
+    sync::{Arc, ArcBorrow},
+};
+
+/// The image minors in use; new images get the lowest free one.
+pub(crate) struct Minors(KVec<bool>);
+
+impl Minors {
+    /// None in use.
+    pub(crate) fn new() -> Self {
+        Minors(KVec::new())
+    }
+
+    /// Takes the lowest free minor.
+    fn take(&mut self) -> Result<u32> {
+        let m = match self.0.iter().position(|used| !used) {
+            Some(m) => m,
+            None => {
+                self.0.push(false, GFP_KERNEL)?;
+                self.0.len() - 1
+            }
+        };
+        if let Some(slot) = self.0.get_mut(m) {
+            *slot = true;
+        }
+        u32::try_from(m).map_err(|_| ENOSPC)
+    }
+
+    /// Frees `minor`.
+    fn release(&mut self, minor: u32) {
+        if let Some(slot) = self.0.get_mut(minor as usize) {
+            *slot = false;
+        }
+    }
+}
+
+/// What an image disk serves its bios from.
+pub(crate) struct Image {
+    area: Arc<DiffArea>,
+}
+
+/// An image disk and its image, owned by the snapshot.
+pub(crate) struct ImageHandle {
+    // Dropped first: no bio reaches the image after the disk is gone.
+    _disk: ImageDisk,
+    image: Arc<Image>,
+    minor: u32,
+    major: u32,
+}
+
+impl ImageHandle {
+    /// Creates `blksnap-image<minor>` for `area` with the lowest free minor.
+    pub(crate) fn create(
+        area: Arc<DiffArea>,
+        major: &ImageMajor,
+        minors: &mut Minors,
+    ) -> Result<Self> {
+        let minor = minors.take()?;
+        let result = (|| {
+            let name = CString::try_from_fmt(fmt!("blksnap-image{minor}"))?;
+            let chunk_sectors = u32::try_from(area.chunk_sectors()).map_err(|_| EFBIG)?;
+            let capacity = area.capacity();
+            let image = Arc::new(Image { area }, GFP_KERNEL)?;
+            // SAFETY: `image` is kept alive by the handle for as long as the
+            // disk, which is dropped first.
+            let disk = unsafe {
+                ImageDisk::create(
+                    major,
+                    minor,
+                    &name,
+                    capacity,
+                    chunk_sectors,
+                    core::ptr::from_ref::<Image>(&image).cast(),
+                )?
+            };
+            Ok(ImageHandle {
+                _disk: disk,
+                image,
+                minor,
+                major: major.major(),
+            })
+        })();
+        if result.is_err() {
+            minors.release(minor);
+        }
+        result
+    }
+
+    /// The image's device number parts.
+    pub(crate) fn dev(&self) -> (u32, u32) {
+        (self.major, self.minor)
+    }
+
+    /// The diff area behind the image.
+    pub(crate) fn area(&self) -> &Arc<DiffArea> {
+        &self.image.area
+    }
+
+    /// Removes the disk and frees its minor.
+    pub(crate) fn destroy(self, minors: &mut Minors) {
+        let minor = self.minor;
+        drop(self);
+        minors.release(minor);
+    }
+}
+
+/// A bio for an image, with the image it belongs to.
+struct ImageBio {
+    image: Arc<Image>,
+    bio: Bio,
+}
+
+/// Called by the image disk for each bio (see `sys::disk`).
+pub(crate) fn submit(image: ArcBorrow<'_, Image>, bio: Bio) {
+    let image: Arc<Image> = image.into();
+    let queue = image.area.queue().clone();
+    if let Err(lost) = work::spawn(queue.queue(), GFP_ATOMIC, ImageBio { image, bio }, serve) {
+        lost.bio.end(Err(ENOMEM));
+    }
+}
+
+/// Work item: serves an image bio.
+fn serve(ib: ImageBio) {
+    let _noio = NoIo::enter();
+    ib.image.area.image_io(ib.bio);
+}

@@ -1,0 +1,74 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! [`spawn`]: runs a function on a workqueue with a payload, and gives the
+//! payload back if the work item cannot be allocated.
+//!
+//! `Queue::try_spawn` of the `kernel` crate drops its closure when the
+//! allocation fails. A held-back write must never be dropped, so the
+//! allocation here happens before the payload moves, and a failure returns
+//! it to the caller, who then passes the write on by itself.
+//!
+//! Locking: none; the workqueue serializes nothing.
+
+use kernel::{
+    alloc::Flags,
+    impl_has_work, new_work,
+    prelude::*,
+    workqueue::{Queue, Work, WorkItem},
+};
+
+#[pin_data]
+struct Job<T> {
+    #[pin]
+    work: Work<Job<T>>,
+    payload: Option<T>,
+    run: fn(T),
+}
+
+impl_has_work! {
+    impl{T} HasWork<Self> for Job<T> { self.work }
+}
+
+impl<T> Job<T> {
+    fn take(self: Pin<&mut Self>) -> Option<T> {
+        // SAFETY: `payload` is not structurally pinned.
+        unsafe { self.get_unchecked_mut().payload.take() }
+    }
+}
+
+impl<T> WorkItem for Job<T> {
+    type Pointer = Pin<KBox<Self>>;
+
+    fn run(mut this: Pin<KBox<Self>>) {
+        let run = this.run;
+        if let Some(payload) = this.as_mut().take() {
+            run(payload);
+        }
+    }
+}
+
+/// Queues `run(payload)` on `queue`, allocating with `flags`; on allocation
+/// failure returns the payload untouched.
+pub(crate) fn spawn<T: Send + 'static>(
+    queue: &Queue,
+    flags: Flags,
+    payload: T,
+    run: fn(T),
+) -> core::result::Result<(), T> {
+    let Ok(slot) = KBox::<Job<T>>::new_uninit(flags) else {
+        return Err(payload);
+    };
+    let job = slot.write_pin_init(pin_init!(Job {
+        work <- new_work!("blksnap_job"),
+        payload: Some(payload),
+        run,
+    }));
+    // The initialiser cannot fail: `Work::new` is infallible.
+    match job {
+        Ok(job) => {
+            queue.enqueue(job);
+            Ok(())
+        }
+        Err(never) => match never {},
+    }
+}
