@@ -147,13 +147,14 @@ impl Storage {
         );
         // struct blk_snap_event_corrupted: orig_dev_id, err_code.
         let mut data = [0u8; 12];
-        let fields = bdev::major(orig)
-            .to_ne_bytes()
-            .into_iter()
-            .chain(bdev::minor(orig).to_ne_bytes())
-            .chain((-err.to_errno()).to_ne_bytes());
+        let (mj, mn) = (
+            bdev::major(orig).to_ne_bytes(),
+            bdev::minor(orig).to_ne_bytes(),
+        );
+        let code = (-err.to_errno()).to_ne_bytes();
+        let fields = Iterator::chain(Iterator::chain(mj.iter(), mn.iter()), code.iter());
         for (d, s) in data.iter_mut().zip(fields) {
-            *d = s;
+            *d = *s;
         }
         self.events.push(uapi::blk_snap_event_code_corrupted, &data);
     }
