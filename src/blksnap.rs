@@ -46,7 +46,7 @@ module! {
 struct Blksnap {
     _control: sys::miscdev::MiscDevice<ctl::Control>,
     _hook: sys::hook::BioHook,
-    _queue: Arc<sys::CowQueue>,
+    _queue: sys::QueueGuard,
     _bio_set: sys::BioSet,
 }
 
@@ -69,7 +69,7 @@ impl kernel::Module for Blksnap {
         Ok(Self {
             _control: control,
             _hook: hook,
-            _queue: queue,
+            _queue: sys::QueueGuard(queue),
             _bio_set: bio_set,
         })
     }

@@ -160,6 +160,18 @@ impl CowQueue {
     }
 }
 
+/// The module's own reference to its workqueue. Dropped after the bio hook
+/// is gone, it first waits for every queued work item: those hold
+/// references to the queue too, and the last reference must not be dropped
+/// by a work item of the queue itself.
+pub(crate) struct QueueGuard(pub(crate) kernel::sync::Arc<CowQueue>);
+
+impl Drop for QueueGuard {
+    fn drop(&mut self) {
+        self.0.flush();
+    }
+}
+
 impl Drop for CowQueue {
     fn drop(&mut self) {
         // SAFETY: allocated by `new`; waits for queued work, then frees.
