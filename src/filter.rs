@@ -19,7 +19,7 @@
 use crate::{
     diff_area::{DiffArea, WriteNeed},
     sys::{
-        bio::{Bio, Op},
+        bio::{Bio, DevIdentity, Op},
         sync::TakeBarrier,
         work, NoIo,
     },
@@ -44,10 +44,11 @@ pub(crate) fn submit(bio: Bio) {
         return;
     }
     let sectors = info.sectors();
-    let (whole, whole_sector) = info.whole();
-    let held = match decide_for(info.dev(), info.sector(), sectors) {
+    let (dev, identity) = info.dev();
+    let (whole, whole_identity, whole_sector) = info.whole();
+    let held = match decide_for(dev, identity, info.sector(), sectors) {
         Some(d) => d,
-        None if whole != info.dev() => decide_for(whole, whole_sector, sectors).flatten(),
+        None if whole != dev => decide_for(whole, whole_identity, whole_sector, sectors).flatten(),
         None => None,
     };
     let Some((area, sector)) = held else {
@@ -70,10 +71,18 @@ pub(crate) fn submit(bio: Bio) {
 }
 
 /// The tracker lookup for `dev` and the copy-on-write decision for a write
-/// of `sectors` at `sector`: `None` if `dev` is not tracked, `Some(None)` if
-/// the write may pass now.
-fn decide_for(dev: u32, sector: u64, sectors: u64) -> Option<Option<(Arc<DiffArea>, u64)>> {
+/// of `sectors` at `sector`: `None` if `dev` is not tracked (or the number
+/// now belongs to another disk), `Some(None)` if the write may pass now.
+fn decide_for(
+    dev: u32,
+    identity: DevIdentity,
+    sector: u64,
+    sectors: u64,
+) -> Option<Option<(Arc<DiffArea>, u64)>> {
     INDEX.with(dev, |t| {
+        if t.bdev().identity() != identity {
+            return None;
+        }
         let _barrier = TakeBarrier::read();
         let area = t.mark(sector, sectors)?;
         match area.write_need(sector, sectors) {

@@ -80,6 +80,11 @@ impl BlockDevice {
         unsafe { bindings::blksnap_bdev_io_min(self.bdev) }
     }
 
+    /// Which `block_device` this is, to compare with a bio's.
+    pub(crate) fn identity(&self) -> super::bio::DevIdentity {
+        super::bio::DevIdentity::of(self.bdev)
+    }
+
     /// The device number (`dev_t`).
     pub(crate) fn dev(&self) -> u32 {
         // SAFETY: `bdev` is valid while the file is open (invariant).

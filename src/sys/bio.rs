@@ -15,6 +15,18 @@ pub(crate) enum Op {
     Other,
 }
 
+/// Which `block_device` a bio or a tracker refers to: a device number can
+/// be reused by a new disk after the old one was deleted; this cannot while
+/// the tracker holds the old one open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DevIdentity(usize);
+
+impl DevIdentity {
+    pub(super) fn of(bdev: *const bindings::block_device) -> Self {
+        DevIdentity(bdev as usize)
+    }
+}
+
 /// A submitted bio's device, range and operation.
 pub(crate) struct BioInfo(bindings::blksnap_bio_info);
 
@@ -31,15 +43,17 @@ impl BioInfo {
         BioInfo(info)
     }
 
-    /// The device the bio was submitted to.
-    pub(crate) fn dev(&self) -> u32 {
-        self.0.dev
+    /// The device the bio was submitted to: its number and identity.
+    pub(crate) fn dev(&self) -> (u32, DevIdentity) {
+        (self.0.dev, DevIdentity(self.0.bdev as usize))
     }
 
-    /// The whole disk of that device and the bio's first sector on it.
-    pub(crate) fn whole(&self) -> (u32, u64) {
+    /// The whole disk of that device (number and identity) and the bio's
+    /// first sector on it.
+    pub(crate) fn whole(&self) -> (u32, DevIdentity, u64) {
         (
             self.0.whole_dev,
+            DevIdentity(self.0.whole as usize),
             self.0.sector.saturating_add(self.0.start_sect),
         )
     }

@@ -104,8 +104,10 @@ void blksnap_bio_get_info(struct bio *bio, struct blksnap_bio_info *info)
 {
 	struct block_device *bdev = bio->bi_bdev;
 
+	info->bdev = bdev;
+	info->whole = bdev_whole(bdev);
 	info->dev = bdev->bd_dev;
-	info->whole_dev = bdev_whole(bdev)->bd_dev;
+	info->whole_dev = info->whole->bd_dev;
 	info->sector = bio->bi_iter.bi_sector;
 	info->start_sect = bdev_is_partition(bdev) ? bdev->bd_start_sect : 0;
 	info->sectors = bio_sectors(bio);

@@ -34,8 +34,10 @@ void blksnap_bio_pass(struct bio *bio);
 /* What the bio filter needs to know of a bio, read with the static inlines
  * of the block layer. */
 struct blksnap_bio_info {
-	dev_t dev;		/* the device the bio was submitted to */
-	dev_t whole_dev;	/* its whole disk (== dev unless a partition) */
+	const struct block_device *bdev;	/* the device it was submitted to */
+	const struct block_device *whole;	/* its whole disk */
+	dev_t dev;		/* bdev's number */
+	dev_t whole_dev;	/* whole's number (== dev unless a partition) */
 	u64 sector;		/* first sector, relative to dev */
 	u64 start_sect;		/* dev's first sector on whole_dev */
 	u32 sectors;		/* length in sectors */
