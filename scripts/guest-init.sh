@@ -26,11 +26,10 @@ bb() { if [ -n "$BB" ]; then "$BB" "$@"; else "$@"; fi; }
 
 power_off() {
 	bb sync
-	# PID 1 must not exit (that would panic). Start what it waits on before
-	# the power-off begins: later the root file system may be gone.
-	bb sleep 86400 &
 	echo o >/proc/sysrq-trigger
-	while :; do wait; done
+	# PID 1 must not exit (that would panic): wait for the power to go on the
+	# sleeper started at boot, as the root file system may be gone by now.
+	while :; do wait; bb sleep 1 2>/dev/null; done
 }
 
 mounted() {
@@ -41,6 +40,7 @@ mounted() {
 }
 
 bb mount -t proc proc /proc
+bb sleep 2147483647 &
 bb mount -t sysfs sysfs /sys
 mounted /dev || bb mount -t devtmpfs devtmpfs /dev
 bb mkdir -p /dev/pts /dev/shm

@@ -247,22 +247,30 @@ hits=$(reports)
 [ -z "$hits" ] || reason=report
 
 excerpt() {
-	local first
+	local first from to total
 	first=$(head -n1 <<<"$hits" | cut -d: -f1)
-	echo "---- kernel report (console log from line $((first > 10 ? first - 10 : 1))) ----"
-	sed -n "$((first > 10 ? first - 10 : 1)),$((first + 80))p" "$console"
+	from=$((first > 10 ? first - 10 : 1)) to=$((first + 80))
+	total=$(wc -l <"$console")
+	echo "---- kernel report (console log lines $from-$to) ----"
+	sed -n "${from},${to}p" "$console"
 	echo "---- all report lines ----"
 	head -n 40 <<<"$hits"
+	# The end of the log, unless the excerpt showed it already.
+	if ((total > to)); then
+		tail_log $((total - to < 50 ? total - to : 50))
+	else
+		echo "----"
+	fi
 }
 tail_log() {
-	echo "---- last 50 lines of the console log ----"
-	tail -n 50 "$console"
+	echo "---- last ${1:-50} lines of the console log ----"
+	tail -n "${1:-50}" "$console"
 	echo "----"
 }
 
 case $reason in
 report)
-	{ excerpt; tail_log; } >&2
+	excerpt >&2
 	log "vm: FAILED: the kernel reported a problem (after ${elapsed}s); full log: $console"
 	exit $EXIT_REPORT
 	;;

@@ -150,8 +150,10 @@ BLKSNAP_CLI=$BLKSNAP_ROOT/target/release/blksnap
 PYTHON=/usr/bin/python3
 [ -x "$PYTHON" ] || PYTHON=python3
 
+# Python without the site machinery: starts much faster under TCG.
+PYTHON_FAST=("$PYTHON" -I -S)
 # The independent ioctl/syscall tool (see tests/tools/kcall.py).
-kcall() { "$PYTHON" "$TESTS_DIR/tools/kcall.py" "$@"; }
+kcall() { "${PYTHON_FAST[@]}" "$TESTS_DIR/tools/kcall.py" "$@"; }
 
 blksnap_loaded() { [ -e /sys/module/blksnap ]; }
 

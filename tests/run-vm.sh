@@ -8,8 +8,8 @@
 # path. Each script gets BLKSNAP_TEST_TIMEOUT seconds (default 900).
 #
 # Counts the individual test cases. A script that exits non-zero without
-# failing a case, reports fewer cases than planned, or leaves the blksnap
-# module loaded counts as one more failure. The last line is
+# failing a case, reports fewer cases than planned, times out, or leaves the
+# blksnap module loaded counts as one more failure. The last line is
 # "N passed, N failed, N skipped"; the exit status is 1 if anything failed.
 set -u
 
@@ -80,7 +80,8 @@ for script in "${scripts[@]}"; do
 	for e in "${extra[@]}"; do
 		echo "# $name: $e"
 	done
-	f=$((f + ${#extra[@]}))
+	# Whatever went wrong around the cases is one more failure.
+	((${#extra[@]} == 0)) || f=$((f + 1))
 	pass=$((pass + p)) fail=$((fail + f)) skip=$((skip + s))
 	if ((f > 0)); then
 		echo "not ok $i $name"
