@@ -279,7 +279,8 @@ impl Control {
         let mut devs = KVVec::with_capacity(ids.len(), GFP_KERNEL)?;
         for id in ids.iter() {
             let dev = dev_t(id)?;
-            if devs.contains(&dev) {
+            // Distinct devices, and no snapshot of a snapshot image.
+            if devs.contains(&dev) || id.mj == self.major.major() {
                 return Err(EINVAL);
             }
             devs.push(dev, GFP_KERNEL)?;
