@@ -53,7 +53,8 @@ REPORT_PATTERNS=(
 	'INFO: task .* blocked'
 	'soft lockup'
 	'hard LOCKUP'
-	'rcu.*stall'
+	'rcu.*detected stall'
+	'rcu.*kthread starved'
 	'unreferenced object'
 	'kmemleak: .* new suspected memory leaks'
 	'general protection fault'
@@ -120,10 +121,11 @@ else
 fi
 : >"$console"
 ln -sfn "$(basename "$console")" "$logdir/latest-console.log"
-# Keep the newest 40 runs' logs.
+# Keep the newest 100 runs' logs, and anything from the last 3 hours (a run
+# still going on elsewhere may be quiet for a while).
 # shellcheck disable=SC2012
-ls -1t "$logdir"/*-console.log 2>/dev/null | tail -n +41 | while IFS= read -r old; do
-	rm -f "$old" "${old%-console.log}-qemu.log"
+ls -1t "$logdir"/*-console.log 2>/dev/null | tail -n +101 | while IFS= read -r old; do
+	[ -n "$(find "$old" -mmin +180)" ] && rm -f "$old" "${old%-console.log}-qemu.log"
 done
 
 qpid=
@@ -166,6 +168,9 @@ cmdline=(
 	"init=$BLKSNAP_ROOT/scripts/guest-init.sh"
 	panic=-1 oops=panic softlockup_panic=1 hung_task_panic=1
 	sysctl.kernel.hung_task_timeout_secs=60
+	# Emulated CPUs on a busy host can be starved for a while: no false
+	# RCU stall reports before a minute.
+	rcupdate.rcu_cpu_stall_timeout=60
 	mitigations=off
 )
 [ "$BLKSNAP_DEBUG" = 1 ] && cmdline+=(kasan.fault=report)
@@ -245,6 +250,10 @@ if [ -s "$out/status" ]; then
 fi
 hits=$(reports)
 [ -z "$hits" ] || reason=report
+if [ ! -f "$console" ]; then
+	log "vm: FAILED: the console log $console disappeared"
+	exit $EXIT_NOSTATUS
+fi
 
 excerpt() {
 	local first from to total
