@@ -96,6 +96,17 @@ else
 	echo /run/blksnap/bin/modprobe >/proc/sys/kernel/modprobe
 fi
 
+# Device nodes that load their module on first open (/dev/loop-control ...),
+# as systemd-tmpfiles creates them from modules.devname on a normal system.
+release=$(bb cat /proc/sys/kernel/osrelease)
+while read -r _ node devno; do
+	case $devno in [cb][0-9]*:[0-9]*) ;; *) continue ;; esac
+	[ -e "/dev/$node" ] && continue
+	case $node in */*) bb mkdir -p "/dev/${node%/*}" ;; esac
+	majmin=${devno#?}
+	bb mknod -m 0600 "/dev/$node" "${devno%"$majmin"}" "${majmin%:*}" "${majmin#*:}"
+done <"$modroot/lib/modules/$release/modules.devname"
+
 echo blksnap-vm >/proc/sys/kernel/hostname
 # (sysctl files read back only whole, so no shell "read" here)
 hung=$(bb cat /proc/sys/kernel/hung_task_timeout_secs)
