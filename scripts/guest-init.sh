@@ -44,6 +44,12 @@ bb sleep 2147483647 &
 bb mount -t sysfs sysfs /sys
 mounted /dev || bb mount -t devtmpfs devtmpfs /dev
 bb mkdir -p /dev/pts /dev/shm
+# The links udev or systemd make on a normal system (bash needs /dev/fd for
+# process substitution).
+[ -e /dev/fd ] || bb ln -s /proc/self/fd /dev/fd
+for n in 0:stdin 1:stdout 2:stderr; do
+	[ -e "/dev/${n#*:}" ] || bb ln -s "/proc/self/fd/${n%%:*}" "/dev/${n#*:}"
+done
 bb mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 bb mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 bb mount -t tmpfs -o mode=0755 tmpfs /run
