@@ -75,7 +75,8 @@ export KDIR
 echo "$KDIR ($(cat "$KDIR/include/config/kernel.release" 2>/dev/null))"
 
 say "3. Building blksnap.ko against it"
-make -s -C "$BLKSNAP_ROOT" KDIR="$KDIR"
+mkdir -p "$BLKSNAP_ROOT/target"
+flock "$BLKSNAP_ROOT/target/.module-build.lock" make -s -C "$BLKSNAP_ROOT" KDIR="$KDIR"
 ls -l "$BLKSNAP_ROOT/blksnap.ko"
 
 say "4. Building the user space (the blksnap CLI)"

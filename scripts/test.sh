@@ -96,7 +96,12 @@ export KDIR
 
 # 3: the module.
 if [ "$kernel_ok" = 1 ]; then
-	step module-build module-build make -C "$BLKSNAP_ROOT" KDIR="$KDIR"
+	# One module build at a time in this checkout (test.sh, demo.sh).
+	if ! step module-build module-build flock "$BLKSNAP_ROOT/target/.module-build.lock" \
+		make -C "$BLKSNAP_ROOT" KDIR="$KDIR"; then
+		[ -f "$BLKSNAP_ROOT/blksnap.ko" ] &&
+			diag "module-build: the VM tests below use the blksnap.ko of an earlier build"
+	fi
 else
 	diag "module-build: no kernel to build against"
 	report 1 module-build
