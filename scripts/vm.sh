@@ -190,7 +190,8 @@ qemu=(
 
 log "vm: booting $(basename "$KDIR") (timeout ${timeout}s), console log: $console"
 start=$SECONDS
-"${qemu[@]}" </dev/null 2>"$qemu_log" &
+# QEMU dies with this script, even if it is killed with SIGKILL.
+setpriv --pdeathsig KILL -- "${qemu[@]}" </dev/null 2>"$qemu_log" &
 qpid=$!
 
 # Scans the console log; prints the matching lines (with line numbers).
