@@ -125,7 +125,9 @@ ln -sfn "$(basename "$console")" "$logdir/latest-console.log"
 # still going on elsewhere may be quiet for a while).
 # shellcheck disable=SC2012
 ls -1t "$logdir"/*-console.log 2>/dev/null | tail -n +101 | while IFS= read -r old; do
-	[ -n "$(find "$old" -mmin +180)" ] && rm -f "$old" "${old%-console.log}-qemu.log"
+	if [ -n "$(find "$old" -mmin +180)" ]; then
+		rm -f "$old" "${old%-console.log}-qemu.log"
+	fi
 done
 
 qpid=
