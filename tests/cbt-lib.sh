@@ -3,10 +3,12 @@
 # top of tests/lib.sh: test devices that are cleaned up at exit, module
 # loading, and the raw ioctl tools.
 #
-#   bs ARGS...                  tests/tools/bsctl.py (raw blksnap ioctls)
+#   bs ARGS...                  tests/tools/bsctl.py (raw blksnap ioctls), run by a
+#                               server process (see bs_start)
 #   cbt_model ARGS...           tests/tools/cbt_model.py (the CBT model check)
 #   at_exit CMD                 run the shell command CMD at exit (last added first)
-#   cbt_setup_exit_trap         install the exit trap (call once, after ktap_plan)
+#   cbt_setup_exit_trap         install the exit trap and start the bs server (call
+#                               once, after ktap_plan, in the main shell)
 #   blksnap_load [PARAM=V...]   (re)load blksnap.ko with these parameters
 #   blksnap_clear               destroy every snapshot and remove every tracker
 #   brd_setup COUNT SIZE_KIB    load brd with COUNT ramdisks /dev/ram0.. of SIZE_KIB
@@ -28,7 +30,38 @@
 # shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-bs() { "$PYTHON" "$TESTS_DIR/tools/bsctl.py" "$@"; }
+# bs runs its commands in one bsctl.py server started at the first call
+# (starting Python for every call is slow in the VM). Start it in the main
+# shell (bs_start, or any bs call outside a subshell) before using bs in
+# $(...) or pipelines; calls must not run concurrently.
+BS_PID=
+bs_start() {
+	[ -n "$BS_PID" ] && kill -0 "$BS_PID" 2>/dev/null && return 0
+	coproc BS_SERVER { exec "$PYTHON" "$TESTS_DIR/tools/bsctl.py" serve 2>&1; }
+	BS_PID=$BS_SERVER_PID
+	exec {BS_W}>&"${BS_SERVER[1]}" {BS_R}<&"${BS_SERVER[0]}"
+}
+bs() {
+	local line rc=
+	[ -n "$BS_PID" ] || bs_start
+	{ printf '%q ' "$@"; echo; } >&"$BS_W" || { echo "bs: the bsctl server is gone"; return 1; }
+	while IFS= read -r line <&"$BS_R"; do
+		if [[ $line == $'\x1e'* ]]; then
+			rc=${line#$'\x1e'}
+			break
+		fi
+		printf '%s\n' "$line"
+	done
+	[ -n "$rc" ] || { echo "bs: no answer from the bsctl server"; return 1; }
+	return "$rc"
+}
+bs_stop() {
+	[ -n "$BS_PID" ] || return 0
+	exec {BS_W}>&- {BS_R}<&-
+	kill "$BS_PID" 2>/dev/null
+	wait "$BS_PID" 2>/dev/null
+	BS_PID=
+}
 cbt_model() { "$PYTHON" "$TESTS_DIR/tools/cbt_model.py" "$@"; }
 
 _AT_EXIT=()
@@ -43,10 +76,12 @@ _cbt_exit() {
 		eval "${_AT_EXIT[i]}" >/dev/null 2>&1
 	done
 	_AT_EXIT=()
+	bs_stop
 	return "$rc"
 }
 
 cbt_setup_exit_trap() {
+	bs_start
 	trap _cbt_exit EXIT
 	trap 'exit 130' INT
 	trap 'exit 143' TERM

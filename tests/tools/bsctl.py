@@ -20,6 +20,9 @@ digits of a snapshot id; a RANGE is START+COUNT in sectors):
                                                         "len=N changed=N max=N"
     bsctl.py mark-dirty DEV RANGE... [--count N] [--ptr ADDR]
     bsctl.py append-storage ID DEV RANGE... [--count N] [--ptr ADDR]
+    bsctl.py raw CMD --addr ADDR                        any ioctl with a raw argument address
+    bsctl.py serve                                      runs command lines read from stdin
+                                                        (see serve())
     bsctl.py wait-event ID [--timeout MS]               prints "code=N time_label=NS
                                                         requested=N" (or dev/err for corrupted)
                                                         and "elapsed_ms=N now_ns=CLOCK_MONOTONIC"
@@ -339,7 +342,39 @@ def _sid(s):
     return b
 
 
+_PARSER = None
+
+
+def parser():
+    """The command line parser, built once (serve mode parses many lines)."""
+    global _PARSER
+    if _PARSER is None:
+        _PARSER = _build_parser()
+    return _PARSER
+
+
 def main(argv=None):
+    # Untranslated messages, and no gettext catalogue lookups (slow on the
+    # test VM's 9p root).
+    os.environ["LANGUAGE"] = "C"
+    a = parser().parse_args(argv)
+
+    if a.op == "serve":
+        serve()
+        return
+    signal.signal(signal.SIGUSR1, lambda *_: None)
+    try:
+        ctl = Ctl(a.ctl)
+    except OSError as e:
+        print(f"open-errno={errname(e.errno)}")
+        sys.exit(3)
+    try:
+        run(a, ctl)
+    finally:
+        ctl.close()
+
+
+def _build_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ctl", default=CTL)
     sub = p.add_subparsers(dest="op", required=True)
@@ -384,17 +419,18 @@ def main(argv=None):
     s = sub.add_parser("wait-event")
     s.add_argument("id", type=_sid)
     s.add_argument("--timeout", type=_int, default=0)
-    a = p.parse_args(argv)
+    s = sub.add_parser("raw")
+    s.add_argument("cmd", type=_int)
+    s.add_argument("--addr", type=_int, required=True)
+    sub.add_parser("serve")
+    return p
 
-    signal.signal(signal.SIGUSR1, lambda *_: None)
-    try:
-        ctl = Ctl(a.ctl)
-    except OSError as e:
-        print(f"open-errno={errname(e.errno)}")
-        sys.exit(3)
 
+def run(a, ctl):
     try:
-        if a.op == "create":
+        if a.op == "raw":
+            print(f"ret={ctl.ioctl(a.cmd, a.addr)}")
+        elif a.op == "create":
             sid = ctl.create([parse_dev(d) for d in a.devs], count=a.count, ptr=a.ptr)
             print(f"id={sid.hex()}")
         elif a.op == "destroy":
@@ -464,6 +500,33 @@ def main(argv=None):
         if getattr(e, "count_out", None) is not None:
             print(f"count={e.count_out}")
         _print_err(e)
+
+
+def serve():
+    """Runs one command line a line from stdin (shell words, as bash's
+    printf %q writes them) and answers with its output, then a line of
+    "\\x1e" and the exit status. Saves starting Python for every call."""
+    import contextlib
+    import io
+    import shlex
+    import traceback
+    out = sys.stdout
+    for line in sys.stdin:
+        buf = io.StringIO()
+        rc = 0
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            try:
+                main(shlex.split(line))
+            except SystemExit as e:
+                rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                if not isinstance(e.code, int) and e.code is not None:
+                    print(e.code)
+            except Exception:  # noqa: BLE001 - reported to the caller
+                traceback.print_exc()
+                rc = 1
+        out.write(buf.getvalue())
+        out.write(f"\x1e{rc}\n")
+        out.flush()
 
 
 if __name__ == "__main__":

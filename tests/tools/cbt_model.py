@@ -696,6 +696,7 @@ class Checker:
 
 
 def main():
+    os.environ["LANGUAGE"] = "C"  # no gettext catalogue lookups
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:]))

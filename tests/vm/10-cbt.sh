@@ -192,7 +192,7 @@ fi
 gloop=$(loop_setup $((8 * 1024 * 1024))) || gloop=
 if [ -n "$gloop" ]; then
 	model_case "model: generation_id and geometry change when a loop device grows" \
-		"$gloop" --cycles 6 --grow-at 3:$((12 * 1024 * 1024 + 512)) \
+		"$gloop" --cycles 6 --grow-at 3:$((12 * 1024 * 1024 + 4096)) \
 		--expect-generation-changes 1
 else
 	ktap_fail "model: generation_id and geometry change when a loop device grows" "losetup failed"

@@ -179,7 +179,7 @@ bad_args() {
 	# The argument itself at address 0: every ioctl.
 	for cmd in 0x40085601 0x40105602 0x80185603 0x80185604 0x40205605 0x80105606 \
 		0x40285607 0x80105608 0x40105609 0x5000560b; do
-		out=$(kcall ioctl $cmd --addr 0 2>&1)
+		out=$(bs raw $cmd --addr 0 2>&1)
 		grep -qx errno=EFAULT <<<"$out" || { echo "ioctl $cmd at address 0: $out"; bad=1; }
 	done
 	return $bad

@@ -35,7 +35,7 @@ start_waiter() {
 }
 # Waits until process $1 sits in the ioctl system call (16 on x86_64).
 in_ioctl() {
-	local pid=$1 n=200 sc
+	local pid=$1 n=600 sc
 	while ((n-- > 0)); do
 		sc=$(cut -d' ' -f1 "/proc/$pid/syscall" 2>/dev/null) || return 1
 		[ "$sc" = 16 ] && return 0
