@@ -59,6 +59,30 @@ pub enum Error {
         /// What was wrong with it.
         reason: &'static str,
     },
+    /// A file or block device operation failed (difference storage files,
+    /// backup files, snapshot images).
+    File {
+        /// The operation, for example `"fallocate"` or `"read"`.
+        op: &'static str,
+        /// The file or device.
+        path: PathBuf,
+        /// The errno of the failed system call.
+        errno: Errno,
+    },
+    /// A file cannot serve as difference storage.
+    Storage {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A backup directory, its metadata or one of its files is unusable.
+    Backup {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A string could not be parsed.
     Parse {
         /// What was expected (for example `"a device id MAJOR:MINOR"`).
@@ -76,12 +100,16 @@ impl Error {
     /// none.
     pub fn errno(&self) -> Option<Errno> {
         match self {
-            Error::Open { errno, .. } | Error::Ioctl { errno, .. } | Error::Stat { errno, .. } => {
-                Some(*errno)
-            }
+            Error::Open { errno, .. }
+            | Error::Ioctl { errno, .. }
+            | Error::Stat { errno, .. }
+            | Error::File { errno, .. } => Some(*errno),
             Error::NotBlockDevice { .. } => Some(Errno::ENOTBLK),
             Error::InvalidArgument { .. } => Some(Errno::EINVAL),
-            Error::Protocol { .. } | Error::Parse { .. } => None,
+            Error::Protocol { .. }
+            | Error::Parse { .. }
+            | Error::Storage { .. }
+            | Error::Backup { .. } => None,
         }
     }
 
@@ -97,6 +125,8 @@ impl Error {
             Error::Ioctl { op, .. }
             | Error::InvalidArgument { op, .. }
             | Error::Protocol { op, .. } => (*op).to_string(),
+            Error::File { op, path, .. } => format!("{op} {}", path.display()),
+            Error::Storage { path, .. } | Error::Backup { path, .. } => path.display().to_string(),
             Error::Parse { .. } => "parse".to_string(),
         }
     }
@@ -111,6 +141,8 @@ impl Error {
             Error::InvalidArgument { reason, .. } | Error::Protocol { reason, .. } => {
                 (*reason).into()
             }
+            Error::File { op, errno, .. } => file_message(op, *errno),
+            Error::Storage { reason, .. } | Error::Backup { reason, .. } => reason.clone(),
             Error::Parse { what, input } => format!("expected {what}, got {input:?}"),
         }
     }
@@ -144,6 +176,28 @@ fn open_message(errno: Errno) -> &'static str {
         Errno::ENODEV | Errno::ENXIO => "no such device: is the blksnap module loaded?",
         Errno::EACCES | Errno::EPERM => "permission denied: needs root",
         _ => errno.desc(),
+    }
+}
+
+/// What an errno means for a file operation `op`.
+fn file_message(op: &str, errno: Errno) -> String {
+    match (op, errno) {
+        ("fallocate", Errno::EOPNOTSUPP) => {
+            "the file system cannot preallocate files (fallocate)".into()
+        }
+        ("fallocate", Errno::ENOSPC) | ("write", Errno::ENOSPC) => {
+            "no space left on the file system".into()
+        }
+        ("fiemap", Errno::EOPNOTSUPP) | ("fiemap", Errno::ENOTTY) => {
+            "the file system cannot report file extents (FIEMAP)".into()
+        }
+        ("create", Errno::EEXIST) => "the file exists already".into(),
+        (_, Errno::EROFS) => "read-only file system".into(),
+        (_, Errno::EIO) => {
+            "input/output error (for a snapshot image: is the snapshot corrupted?)".into()
+        }
+        (_, Errno::EPERM) | (_, Errno::EACCES) => "permission denied".into(),
+        _ => errno.desc().to_lowercase(),
     }
 }
 

@@ -9,6 +9,17 @@
 //! [`ImageInfo`], [`Event`]); failures keep their errno in [`Error`]. The raw
 //! header types are in [`uapi`].
 //!
+//! On top of the ioctls:
+//!
+//! * [`session`]: a snapshot with managed difference storage ([`Session`]):
+//!   files preallocated in a directory (or fixed ranges of a device), grown
+//!   by a background thread on every `low_free_space` event, and removed
+//!   when the session ends;
+//! * [`storage`]: preallocated files mapped with `FS_IOC_FIEMAP` into the
+//!   page-aligned sector ranges the module takes;
+//! * [`backup`]: full and CBT-driven incremental backups of snapshot images,
+//!   restore of a chain, verification.
+//!
 //! ```no_run
 //! use blksnap::{Control, DevId, Event, SectorRange};
 //!
@@ -32,13 +43,19 @@
 //! }
 //! ```
 
+pub mod backup;
 mod control;
 mod error;
+pub mod session;
+pub mod storage;
+#[cfg(test)]
+mod testutil;
 mod types;
 pub mod uapi;
 
 pub use control::{Control, DEFAULT_CONTROL_PATH};
 pub use error::{errno_name, Error, Result};
 pub use nix::errno::Errno;
+pub use session::{DirectoryStorage, Session, SessionBuilder, SessionEvent, StorageSpec};
 pub use types::{CbtInfo, DevId, Event, ImageInfo, SectorRange, SnapshotId, Version, SECTOR_SIZE};
 pub use uuid::Uuid;
