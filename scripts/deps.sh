@@ -5,7 +5,7 @@ source "$(dirname "$0")/common.sh"
 
 PACKAGES=(
 	# kernel and module build
-	clang-19 lld-19 llvm-19 libclang-19-dev rustc-web rust-web-src
+	clang-19 lld-19 llvm-19 libclang-19-dev rustc-web rust-web-src rust-web-clippy
 	flex bison bc libelf-dev libssl-dev cpio kmod make
 	"linux-source-$BLKSNAP_KERNEL_LINE"
 	# the VM and what the tests run inside it
