@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{snapshot, tracker};
+use crate::commands::{backup, snapshot, tracker};
 
 /// Manage block device snapshots and change tracking with the blksnap module.
 #[derive(Debug, Parser)]
@@ -75,6 +75,27 @@ pub enum Command {
     /// List the snapshots, or the images of one snapshot with --id.
     #[command(name = "snapshot_collect")]
     SnapshotCollect(snapshot::CollectArgs),
+
+    /// Create a snapshot with storage in files of a directory, take it, and
+    /// keep adding storage on request until stopped (a signal, --duration, or
+    /// snapshot_destroy from elsewhere); then destroy it and delete the files.
+    #[command(name = "stretch_snapshot")]
+    StretchSnapshot(snapshot::StretchArgs),
+
+    /// Back up devices from a snapshot into a directory: a full image the
+    /// first time, then only the blocks the change tracking marks as changed.
+    #[command(name = "backup")]
+    Backup(backup::BackupArgs),
+
+    /// Rebuild a device's image from a backup chain (full + incrementals)
+    /// into a file or block device.
+    #[command(name = "restore")]
+    Restore(backup::RestoreArgs),
+
+    /// Check backup files against their block hashes, a restored image
+    /// against a backup, or two images against each other.
+    #[command(name = "verify")]
+    Verify(backup::VerifyArgs),
 }
 
 #[cfg(test)]
@@ -147,6 +168,115 @@ mod tests {
         };
         assert_eq!(args.ranges.len(), 2);
         assert_eq!(args.ranges[1], blksnap::SectorRange::new(4096, 2048));
+    }
+
+    #[test]
+    fn storage_and_backup_arguments() {
+        let id = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+        let cli = Cli::try_parse_from([
+            "blksnap",
+            "snapshot_appendstorage",
+            "-i",
+            id,
+            "--file",
+            "/var/tmp/diff",
+            "--size",
+            "64",
+        ])
+        .unwrap();
+        let Command::SnapshotAppendStorage(args) = cli.command else {
+            panic!("wrong command")
+        };
+        assert_eq!(args.file, Some(PathBuf::from("/var/tmp/diff")));
+        assert_eq!(args.size, Some(64));
+        assert!(args.device.is_none() && args.ranges.is_empty());
+        // A device needs ranges, a file excludes a device, one is needed.
+        for bad in [
+            &["-i", id, "-d", "/dev/sdb"][..],
+            &["-i", id, "-d", "/dev/sdb", "-r", "0:8", "-f", "/x"],
+            &["-i", id],
+            &["-i", id, "-d", "/dev/sdb", "-r", "0:8", "--size", "1"],
+        ] {
+            let mut argv = vec!["blksnap", "snapshot_appendstorage"];
+            argv.extend_from_slice(bad);
+            assert!(Cli::try_parse_from(&argv).is_err(), "{bad:?}");
+        }
+
+        let cli = Cli::try_parse_from([
+            "blksnap",
+            "stretch_snapshot",
+            "-d",
+            "/dev/sdb",
+            "--path",
+            "/var/tmp",
+            "--limit",
+            "1024",
+        ])
+        .unwrap();
+        let Command::StretchSnapshot(args) = cli.command else {
+            panic!("wrong command")
+        };
+        assert_eq!(args.limit, Some(1024));
+        assert!(args.file_size.is_none() && args.duration.is_none());
+
+        let cli = Cli::try_parse_from([
+            "blksnap",
+            "backup",
+            "-d",
+            "/dev/sdb",
+            "--dir",
+            "/b",
+            "--storage-dir",
+            "/s",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::Backup(_)));
+        let cli =
+            Cli::try_parse_from(["blksnap", "backup", "--dir", "/b", "--snapshot", id]).unwrap();
+        assert!(matches!(cli.command, Command::Backup(_)));
+        // Storage is needed unless a snapshot is given, and not both.
+        assert!(
+            Cli::try_parse_from(["blksnap", "backup", "-d", "/dev/sdb", "--dir", "/b"]).is_err()
+        );
+        assert!(Cli::try_parse_from([
+            "blksnap",
+            "backup",
+            "--dir",
+            "/b",
+            "--snapshot",
+            id,
+            "--storage-dir",
+            "/s"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from([
+            "blksnap",
+            "backup",
+            "-d",
+            "/dev/sdb",
+            "--dir",
+            "/b",
+            "--storage-device",
+            "/dev/sdc"
+        ])
+        .is_err());
+
+        let cli = Cli::try_parse_from([
+            "blksnap", "restore", "--dir", "/b", "-d", "ram0", "--seq", "3", "--output", "/r",
+        ])
+        .unwrap();
+        let Command::Restore(args) = cli.command else {
+            panic!("wrong command")
+        };
+        assert_eq!(args.seq, Some(3));
+        assert!(Cli::try_parse_from(["blksnap", "restore", "--dir", "/b"]).is_err());
+
+        assert!(Cli::try_parse_from(["blksnap", "verify", "--dir", "/b"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["blksnap", "verify", "--image", "/a", "--against", "/b"]).is_ok()
+        );
+        assert!(Cli::try_parse_from(["blksnap", "verify", "--against", "/b"]).is_err());
+        assert!(Cli::try_parse_from(["blksnap", "verify", "--image", "/a"]).is_err());
     }
 
     #[test]

@@ -24,6 +24,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
+            if let Some(out) = &e.output {
+                out.print(cli.json);
+            }
             eprintln!("blksnap: {e}");
             ExitCode::FAILURE
         }

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 //! Implementation of the subcommands.
 
+pub mod backup;
 pub mod snapshot;
 pub mod tracker;
 
@@ -18,9 +19,29 @@ pub struct Failure {
     op: String,
     message: String,
     errno: Option<Errno>,
+    /// What to print on stdout before the error (verify's numbers).
+    pub output: Option<Box<Output>>,
 }
 
 impl Failure {
+    /// A failure with its parts.
+    pub fn new(op: impl Into<String>, message: impl Into<String>, errno: Option<Errno>) -> Self {
+        Failure {
+            op: op.into(),
+            message: message.into(),
+            errno,
+            output: None,
+        }
+    }
+
+    /// `failure`, printing `output` first.
+    pub fn with_output(output: Output, failure: Failure) -> Self {
+        Failure {
+            output: Some(Box::new(output)),
+            ..failure
+        }
+    }
+
     /// A failure of a plain I/O operation on a file.
     pub fn io(op: impl Into<String>, err: &std::io::Error) -> Self {
         let errno = err.raw_os_error().map(Errno::from_raw);
@@ -32,6 +53,7 @@ impl Failure {
             op: op.into(),
             message,
             errno,
+            output: None,
         }
     }
 }
@@ -42,6 +64,7 @@ impl From<blksnap::Error> for Failure {
             op: e.op(),
             message: e.message(),
             errno: e.errno(),
+            output: None,
         }
     }
 }
@@ -62,6 +85,7 @@ pub type CmdResult = Result<Output, Failure>;
 /// What every command gets besides its own arguments.
 pub struct Ctx<'a> {
     control: &'a Path,
+    json: bool,
 }
 
 impl Ctx<'_> {
@@ -75,6 +99,7 @@ impl Ctx<'_> {
 pub fn run(cli: &Cli) -> CmdResult {
     let ctx = Ctx {
         control: &cli.control,
+        json: cli.json,
     };
     match &cli.command {
         Command::Version => version(&ctx),
@@ -88,6 +113,10 @@ pub fn run(cli: &Cli) -> CmdResult {
         Command::SnapshotTake(args) => snapshot::take(&ctx, args),
         Command::SnapshotWaitEvent(args) => snapshot::wait_event(&ctx, args),
         Command::SnapshotCollect(args) => snapshot::collect(&ctx, args),
+        Command::StretchSnapshot(args) => snapshot::stretch(&ctx, args),
+        Command::Backup(args) => backup::backup(&ctx, args),
+        Command::Restore(args) => backup::restore(&ctx, args),
+        Command::Verify(args) => backup::verify(&ctx, args),
     }
 }
 
