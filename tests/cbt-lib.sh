@@ -21,7 +21,8 @@
 #   snap_id OUTPUT              the id from "bs create" output
 #   wait_for PATH [SECONDS]     wait until PATH exists
 #   expect_errno_in A|B DESC CMD...  like expect_errno, any of the errno names
-#   case_fn DESC CMD...         one case: ok if CMD succeeds, else its output
+#   case_fn DESC CMD...         one case: ok if CMD succeeds, else its output; its
+#                               "note: " lines are shown either way
 #   want_errno NAME CMD...      succeeds if CMD fails with errno=NAME, else says why
 #
 # Devices are released in reverse order of creation at exit, after blksnap is
@@ -177,12 +178,17 @@ expect_errno_in() {
 }
 
 # Runs a function (or command) as one case: ok if it succeeds, otherwise
-# not ok with its output.
+# not ok with its output. It runs in this shell (so the variables it sets
+# stay), with its output collected in a file.
 case_fn() {
-	local desc=$1 out rc
+	local desc=$1 out rc log
 	shift
-	out=$("$@" 2>&1) && rc=0 || rc=$?
+	log=$(mktemp /tmp/cbt-case.XXXXXX)
+	"$@" >"$log" 2>&1 </dev/null && rc=0 || rc=$?
+	out=$(cat "$log")
+	rm -f "$log"
 	if [ "$rc" = 0 ]; then
+		grep -q '^note: ' <<<"$out" && ktap_diag "$(sed -n 's/^note: //p' <<<"$out")"
 		ktap_ok "$desc"
 	else
 		ktap_fail "$desc" "$(tail -n 30 <<<"$out")"

@@ -15,7 +15,7 @@ RD_KIB=16388
 FINE=(tracking_block_minimum_shift=12 tracking_block_maximum_count=1000)
 SEED=${CBT_SEED:-$RANDOM$RANDOM}
 
-ktap_plan 14
+ktap_plan 15
 
 if [ ! -f "$BLKSNAP_KO" ]; then
 	ktap_diag "$BLKSNAP_KO is missing (the module did not build)"
@@ -74,6 +74,16 @@ model_case "model: ramdisk, block size grown to 32 KiB (4 KiB minimum, 1000 bloc
 	/dev/ram0 --cycles 10
 model_case "model: two ramdisks in one snapshot" \
 	/dev/ram1 /dev/ram2 --cycles 6
+
+# TAKE switches every device of a snapshot at one point in time.
+out=$("$PYTHON" "$TESTS_DIR/tools/cbt_atomic.py" /dev/ram1 /dev/ram2 /dev/ram6 2>&1) && rc=0 || rc=$?
+if [ "$rc" = 0 ]; then
+	ktap_diag "$(tail -n 1 <<<"$out")"
+	ktap_ok "writes going round three devices during TAKE: the marked ones are a prefix"
+else
+	ktap_fail "writes going round three devices during TAKE: the marked ones are a prefix" \
+		"cbt_atomic.py (exit $rc):" "$(tail -n 20 <<<"$out")"
+fi
 
 # A loop device whose size is not a multiple of 4 KiB (512-byte buffers).
 loop=$(loop_setup $((12 * 1024 * 1024 + 3584))) || loop=

@@ -91,7 +91,7 @@ sd_created() {
 	sd_delete "$d" || { echo "delete $d failed"; return 1; }
 	gone "$d" || { echo "/sys/block/$d still there"; return 1; }
 	out=$(bs take "$id" 2>&1)
-	echo "TAKE after the delete: ${out:-ok}"
+	echo "note: TAKE after the delete: ${out:-ok}"
 	out=$(bs trackers --count 64) || { echo "TRACKER_COLLECT: $out"; return 1; }
 	bs destroy "$id" || { echo "DESTROY failed"; return 1; }
 	untrack "$dn" || return 1
@@ -115,7 +115,7 @@ sd_taken() {
 	kill $w 2>/dev/null
 	wait $w 2>/dev/null
 	out=$(bs read-map "$dn" --length 1024 2>&1)
-	echo "READ_CBT_MAP after the delete: $out"
+	echo "note: READ_CBT_MAP after the delete: $out"
 	out=$(bs trackers --count 64) || { echo "TRACKER_COLLECT: $out"; return 1; }
 	out=$(bs collect --count 8) || { echo "SNAPSHOT_COLLECT: $out"; return 1; }
 	grep -q "^id=$id" <<<"$out" || { echo "the snapshot is gone from SNAPSHOT_COLLECT: $out"; return 1; }
@@ -158,7 +158,8 @@ loop_detached() {
 	dn=$(devno "$lp")
 	id=$(snap_id "$(bs create "$lp")") && [ -n "$id" ] || { echo "CREATE failed"; return 1; }
 	bs take "$id" || { echo "TAKE failed"; return 1; }
-	out=$(losetup -d "$lp" 2>&1) || echo "losetup -d while tracked: $out"
+	out=$(losetup -d "$lp" 2>&1) && echo "note: losetup -d while tracked: ok" ||
+		echo "note: losetup -d while tracked: $out"
 	dd if=/dev/zero of="$lp" bs=4k count=1 oflag=direct status=none 2>/dev/null
 	out=$(bs trackers --count 64) || { echo "TRACKER_COLLECT: $out"; return 1; }
 	bs destroy "$id" || { echo "DESTROY failed"; return 1; }
@@ -182,7 +183,7 @@ dm_forced() {
 	id=$(snap_id "$(bs create "$dm")") && [ -n "$id" ] || { echo "CREATE failed"; return 1; }
 	bs take "$id" || { echo "TAKE failed"; return 1; }
 	out=$(dmsetup remove --noudevsync --force cbt-gone 2>&1)
-	echo "dmsetup remove --force while tracked: $out"
+	echo "note: dmsetup remove --force while tracked: ${out:-ok}"
 	dd if=/dev/zero of="$dm" bs=4k count=1 oflag=direct status=none 2>/dev/null
 	out=$(bs trackers --count 64) || { echo "TRACKER_COLLECT: $out"; return 1; }
 	bs destroy "$id" || { echo "DESTROY failed"; return 1; }
