@@ -205,7 +205,22 @@ fn file_message(op: &str, errno: Errno) -> String {
 fn ioctl_message(op: &str, errno: Errno) -> &'static str {
     match (op, errno) {
         (_, Errno::ENOTTY) => "the module does not implement this command",
+        ("tracker_read_cbt_map", Errno::EPERM) => {
+            "not permitted: needs CAP_SYS_ADMIN and a taken snapshot of the device"
+        }
         (_, Errno::EPERM) | (_, Errno::EACCES) => "permission denied: needs CAP_SYS_ADMIN",
+        ("tracker_remove", Errno::ENODEV)
+        | ("tracker_read_cbt_map", Errno::ENODEV)
+        | ("tracker_mark_dirty_blocks", Errno::ENODEV) => "the device is not tracked",
+        ("snapshot_collect_images", Errno::ENODEV) => "the snapshot is not taken yet",
+        ("snapshot_create", Errno::EINVAL) => {
+            "invalid devices: a bad device number, a device given twice, or too many"
+        }
+        ("snapshot_append_storage", Errno::EINVAL) => {
+            "invalid ranges: they must be page-aligned (multiples of 8 sectors), \
+             inside the device and not overlapping storage given before"
+        }
+        ("tracker_mark_dirty_blocks", Errno::EINVAL) => "invalid ranges: outside the device",
         ("snapshot_wait_event", Errno::ENOENT) => "no event before the timeout",
         ("tracker_remove", Errno::ENOENT)
         | ("tracker_read_cbt_map", Errno::ENOENT)
