@@ -608,17 +608,61 @@ class Run:
         if lba % c == 0 or (lba + n) % c == 0:
             self.bump("on_boundary")
 
+    def sweep_plan(self, wid):
+        """For --sweep: writer wid's share of every target's regions, walked
+        from start to end (then again), so that every chunk gets written."""
+        plans = []
+        for t in self.targets:
+            total = sum(c for _, c in t.regions)
+            share = total // self.a.writers
+            lo, hi = wid * share, (wid + 1) * share if wid + 1 < self.a.writers else total
+            # Map [lo, hi) of the concatenated regions back to ranges.
+            out, base = [], 0
+            for rs, rc in t.regions:
+                a0, b0 = max(lo, base), min(hi, base + rc)
+                if a0 < b0:
+                    out.append((rs + a0 - base, b0 - a0))
+                base += rc
+            plans.append([t, out, 0, 0])  # target, ranges, range index, offset
+        return plans
+
+    def sweep_next(self, rng, plan):
+        """The next write of a sweep; None once the sweep is through."""
+        t, ranges, i, off = plan
+        if i >= len(ranges):
+            return None
+        rs, rc = ranges[i]
+        n = rng.randint(1, self.max_io) if rng.random() < 0.8 else rng.randint(1, 16)
+        n = min(n, rc - off)
+        lba = rs + off
+        off += n
+        if off >= rc:
+            i, off = i + 1, 0
+        plan[2], plan[3] = i, off
+        return t, lba, n
+
     def writer(self, wid, deadline):
         a = self.a
         rng = random.Random(a.seed * 1000 + wid)
         buf = AlignedBuf(self.max_io * SECTOR)
         weights = [sum(c for _, c in t.regions) for t in self.targets]
+        sweeps = self.sweep_plan(wid) if a.sweep else None
         done = 0
         while done < a.writes and time.monotonic() < deadline and not self.stop.is_set():
-            t = rng.choices(self.targets, weights)[0]
-            if not t.regions:
-                return
-            lba, n = self.plan(rng, t, t.regions)
+            if sweeps:
+                nxt = None
+                for k in range(len(sweeps)):
+                    nxt = self.sweep_next(rng, sweeps[(done + k) % len(sweeps)])
+                    if nxt:
+                        break
+                if nxt is None:
+                    return
+                t, lba, n = nxt
+            else:
+                t = rng.choices(self.targets, weights)[0]
+                if not t.regions:
+                    return
+                lba, n = self.plan(rng, t, t.regions)
             r = rng.random()
             op = "write"
             if a.zeroout and r < 0.05:
@@ -1146,6 +1190,9 @@ def cmd_read_loop(a):
 
 
 def main():
+    # Untranslated messages, and no gettext catalogue lookups (slow on the
+    # test VM's 9p root).
+    os.environ["LANGUAGE"] = "C"
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="op", required=True)
@@ -1181,6 +1228,9 @@ def main():
     s.add_argument("--writes", type=int, default=400, help="writes per writer at most")
     s.add_argument("--seconds", type=float, default=30, help="writers stop after this")
     s.add_argument("--max-io", type=int, default=0, help="largest write in sectors")
+    s.add_argument("--sweep", action="store_true",
+                   help="each writer walks once through its share of the regions (every "
+                   "chunk gets written) instead of writing at random places")
     s.add_argument("--chunk-sectors", type=int, default=0, help="override the chunk size")
     s.add_argument("--image-writes", type=int, default=0)
     s.add_argument("--zeroout", action="store_true", help="also BLKZEROOUT")
