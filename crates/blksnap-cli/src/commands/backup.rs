@@ -8,7 +8,9 @@ use std::time::Instant;
 use blksnap::backup::{
     self, device_name, open_read, read_sums, BackupRun, Chain, DeviceChain, Kind,
 };
-use blksnap::{DevId, DirectoryStorage, Errno, SectorRange, Session, SessionBuilder, SnapshotId};
+use blksnap::{
+    DevId, DirectoryStorage, Errno, SectorRange, Session, SessionBuilder, SessionEvent, SnapshotId,
+};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -217,6 +219,17 @@ pub fn backup(ctx: &Ctx, args: &BackupArgs) -> CmdResult {
         r?;
     }
     let corrupted = session.as_ref().is_some_and(Session::is_corrupted);
+    if let Some(s) = &session {
+        for ev in s.events() {
+            if matches!(
+                ev,
+                SessionEvent::StorageNotAdded { .. } | SessionEvent::Corrupted { .. }
+            ) {
+                let text = Output::Record(super::snapshot::session_event_record(&ev)).render(false);
+                eprintln!("blksnap: warning: {}", text.trim_end().replace('\n', " "));
+            }
+        }
+    }
     let results = run.commit()?;
     if let Some(s) = session {
         s.destroy()?;
