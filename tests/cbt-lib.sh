@@ -12,10 +12,11 @@
 #   blksnap_load [PARAM=V...]   (re)load blksnap.ko with these parameters
 #   blksnap_clear               destroy every snapshot and remove every tracker
 #   brd_setup COUNT SIZE_KIB    load brd with COUNT ramdisks /dev/ram0.. of SIZE_KIB
-#   loop_setup SIZE [ARGS...]   a loop device over a new file in /tmp; prints
-#                               its path (ARGS go to losetup, e.g. -P)
-#   dm_linear NAME DEV START LEN  a dm-linear device over sectors START..+LEN of
-#                               DEV; prints its /dev/dm-N path
+#   loop_setup VAR SIZE [ARGS...]  a loop device over a new file in /tmp; sets
+#                               VAR to its path (ARGS go to losetup, e.g. -P)
+#   dm_linear VAR NAME DEV START LEN  a dm-linear device over sectors START..+LEN
+#                               of DEV; sets VAR to its /dev/dm-N path
+# (These register their cleanup: call them in the test's shell, not in $(...).)
 #   devno PATH                  MAJOR:MINOR of a block device
 #   kv KEY TEXT                 the VALUE of the first KEY=VALUE word in TEXT
 #   snap_id OUTPUT              the id from "bs create" output
@@ -122,32 +123,34 @@ brd_setup() {
 		rmmod brd || return 1
 	fi
 	modprobe brd rd_nr="$count" rd_size="$size" max_part=0 || return 1
-	at_exit "rmmod brd"
+	at_exit "rmmod brd || { sleep 1; rmmod brd; }"
 	for ((i = 0; i < count; i++)); do
 		wait_for "/dev/ram$i" 5 || return 1
 	done
 }
 
 loop_setup() {
-	local size=$1 file dev
-	shift
+	local var=$1 size=$2 file dev
+	shift 2
+	printf -v "$var" '%s' ""
 	file=$(mktemp /tmp/cbt-loop.XXXXXX) || return 1
 	at_exit "rm -f '$file'"
 	truncate -s "$size" "$file" || return 1
 	dev=$(losetup -f --show "$@" "$file") || return 1
 	at_exit "losetup -d '$dev'"
 	wait_for "$dev" 5 || return 1
-	echo "$dev"
+	printf -v "$var" '%s' "$dev"
 }
 
 dm_linear() {
-	local name=$1 dev=$2 start=$3 len=$4 mm
+	local var=$1 name=$2 dev=$3 start=$4 len=$5 mm
+	printf -v "$var" '%s' ""
 	dmsetup create --noudevsync "$name" --table "0 $len linear $dev $start" || return 1
 	at_exit "dmsetup remove --noudevsync '$name'"
 	mm=$(dmsetup info -c --noheadings -o major,minor "$name") || return 1
 	mm=${mm// /}
 	wait_for "/dev/dm-${mm#*:}" 5 || return 1
-	echo "/dev/dm-${mm#*:}"
+	printf -v "$var" '%s' "/dev/dm-${mm#*:}"
 }
 
 devno() {

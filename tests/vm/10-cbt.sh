@@ -86,7 +86,7 @@ else
 fi
 
 # A loop device whose size is not a multiple of 4 KiB (512-byte buffers).
-loop=$(loop_setup $((12 * 1024 * 1024 + 3584))) || loop=
+loop_setup loop $((12 * 1024 * 1024 + 3584))
 if [ -n "$loop" ]; then
 	model_case "model: loop device over a /tmp file (12 MiB + 3.5 KiB)" "$loop" --cycles 8
 else
@@ -95,7 +95,7 @@ fi
 
 # dm-linear over ram3 from an odd sector: the dm device's bios reach ram3
 # from inside dm (a stacked driver).
-dm=$(dm_linear cbt-linear /dev/ram3 2053 30000) || dm=
+dm_linear dm cbt-linear /dev/ram3 2053 30000
 if [ -n "$dm" ]; then
 	model_case "model: writes through dm-linear (from sector 2053) tracked on the ramdisk" \
 		"/dev/ram3=$dm@2053" --cycles 8
@@ -119,7 +119,7 @@ fi
 
 # A partitioned loop device (MBR written here; partition 2 starts at an
 # odd sector): writes to the disk and to both partitions, tracked on the disk.
-ploop=$(loop_setup $((16 * 1024 * 1024)) -P) || ploop=
+loop_setup ploop $((16 * 1024 * 1024)) -P
 if [ -n "$ploop" ]; then
 	"$PYTHON" - "$ploop" <<-'EOF'
 		import struct, sys
@@ -199,7 +199,7 @@ else
 fi
 
 # A capacity change starts a new generation at the next TAKE.
-gloop=$(loop_setup $((8 * 1024 * 1024))) || gloop=
+loop_setup gloop $((8 * 1024 * 1024))
 if [ -n "$gloop" ]; then
 	model_case "model: generation_id and geometry change when a loop device grows" \
 		"$gloop" --cycles 6 --grow-at 3:$((12 * 1024 * 1024 + 4096)) \

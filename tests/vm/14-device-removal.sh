@@ -150,7 +150,7 @@ sd_again() {
 case_fn "a new scsi_debug disk after the deletions is tracked with its own capacity" sd_again
 
 # ---- a loop device detached while tracked
-lp=$(loop_setup $((8 << 20))) || lp=
+loop_setup lp $((8 << 20))
 loop_detached() {
 	local id out name dn
 	[ -n "$lp" ] || { echo "losetup failed"; return 1; }
@@ -175,7 +175,7 @@ case_fn "a loop device detached while tracked: remove works and the loop device 
 	loop_detached
 
 # ---- a dm device removed with --force while tracked
-dm=$(dm_linear cbt-gone /dev/ram0 0 8192) || dm=
+dm_linear dm cbt-gone /dev/ram0 0 8192
 dm_forced() {
 	local id out dn
 	[ -n "$dm" ] || { echo "dmsetup create failed"; return 1; }
@@ -196,7 +196,7 @@ dm_forced() {
 case_fn "a dm device removed with --force while tracked: remove works and dm lets it go" dm_forced
 
 # ---- a partition of a tracked disk deleted (the disk stays)
-pl=$(loop_setup $((8 << 20)) -P) || pl=
+loop_setup pl $((8 << 20)) -P
 part_gone() {
 	local id out
 	[ -n "$pl" ] || { echo "losetup failed"; return 1; }
