@@ -19,7 +19,8 @@ snapshot.
 Writes go to DEV itself, or to the TARGETs given after "=": other block
 devices that map linearly onto DEV, starting at SECTOR of DEV (a partition
 of DEV finds its start itself; a dm-linear device needs @SECTOR). Name DEV
-among its own targets to write to it too.
+among its own targets to write to it too. A target named for several DEVs
+(a partition of a tracked disk that is tracked too) changes all of them.
 
 The model's rules (the module's documented behaviour): a new tracker has
 previous = 0, active = 1, a random generation_id and zeroed tables. I/O
@@ -131,11 +132,12 @@ def partition_start(target_devno, disk_devno):
 
 
 class Target:
-    """Something the test writes to, mapped linearly onto a tracked device."""
+    """Something the test writes to, mapped linearly onto one or more tracked
+    devices (maps: [(Model, byte offset on it)])."""
 
-    def __init__(self, path, offset_bytes):
+    def __init__(self, path):
         self.path = path
-        self.offset = offset_bytes
+        self.maps = []
         self.fd = os.open(path, os.O_RDWR)
         self.dfd = os.open(path, os.O_RDWR | os.O_DIRECT)
         self.lbs = dev_lbs(self.fd)
@@ -146,6 +148,9 @@ class Target:
     def refresh(self):
         self.size = dev_size(self.fd)
         self.bsz = dev_bsz(self.fd)
+
+    def offset_on(self, m):
+        return next(off for mm, off in self.maps if mm is m)
 
     def close(self):
         for fd in (self.fd, self.dfd):
@@ -266,6 +271,7 @@ class Checker:
                        read_param("tracking_block_maximum_shift"),
                        read_param("tracking_block_maximum_count"))
         self.models = []
+        self.targets = {}  # path -> Target
         self.kinds = [k for k in a.kinds.split(",") if k]
         self.counts = {k: 0 for k in ("buffered", "direct", "discard", "zeroout", "markdirty")}
         self.reads = 0
@@ -290,13 +296,18 @@ class Checker:
                     off = partition_start(bsctl.parse_dev(tpath), devno)
                     if off is None:
                         raise SetupError(f"{tpath}: not a partition of {path}; give @SECTOR")
-                m.targets.append(Target(tpath, off * 512))
+                t = self.targets.get(tpath)
+                if t is None:
+                    t = self.targets[tpath] = Target(tpath)
+                t.maps.append((m, off * 512))
+                m.targets.append(t)
             self.models.append(m)
         log(f"# seed={self.a.seed} params(min_shift,max_shift,max_count)={self.params}")
         for m in self.models:
             log(f"# {m.path} {m.devno[0]}:{m.devno[1]} capacity={m.capacity} "
                 f"expect blk_size={m.blk_size} blk_count={m.blk_count}; targets: " +
-                ", ".join(f"{t.path}@{t.offset // 512} ({t.size} bytes, lbs {t.lbs}, bsz {t.bsz})"
+                ", ".join(f"{t.path}@{t.offset_on(m) // 512} ({t.size} bytes, lbs {t.lbs}, "
+                          f"bsz {t.bsz})"
                           for t in m.targets))
             info = self.ctl.info(m.devno)
             if info is not None:
@@ -464,10 +475,11 @@ class Checker:
         r = self.rng.random()
         if r < 0.45:
             # Straddle a tracking-block boundary of the device.
-            lo = t.offset // bs + 1
-            hi = (t.offset + size) // bs
+            toff = t.offset_on(m)
+            lo = toff // bs + 1
+            hi = (toff + size) // bs
             if hi >= lo:
-                b = self.rng.randint(lo, hi) * bs - t.offset
+                b = self.rng.randint(lo, hi) * bs - toff
                 back = self.rng.randint(1, max(1, length - 1))
                 off = b - back
             else:
@@ -498,8 +510,9 @@ class Checker:
             lo = off - off % t.bsz
             hi = min(-(-(off + length) // t.bsz) * t.bsz, t.size)
             self.counts[kind] += 1
-            m.mark(t.offset + lo, hi - lo, f"buffered {t.path} bytes {off}+{length} "
-                   f"(buffers {lo}..{hi - 1})", cycle, phase)
+            for mm, toff in t.maps:
+                mm.mark(toff + lo, hi - lo, f"buffered {t.path} bytes {off}+{length} "
+                        f"(buffers {lo}..{hi - 1})", cycle, phase)
             return
         elif kind == "direct":
             rr = self.pick_range(m, t, max(t.lbs, 512))
@@ -534,7 +547,8 @@ class Checker:
                 raise
         self.counts[kind] += 1
         desc = f"{kind} {t.path} bytes {off}+{length}"
-        m.mark(t.offset + off, length, desc, cycle, phase)
+        for mm, toff in t.maps:
+            mm.mark(toff + off, length, desc, cycle, phase)
 
     def do_mark_dirty(self, m, cycle, phase):
         sectors = m.capacity // 512
@@ -676,9 +690,9 @@ class Checker:
                 self.ctl.destroy(self.sid)
             except OSError as e:
                 log(f"# cleanup: SNAPSHOT_DESTROY: {bsctl.errname(e.errno)}")
+        for t in self.targets.values():
+            t.close()
         for m in self.models:
-            for t in m.targets:
-                t.close()
             if not self.a.keep_tracker:
                 try:
                     self.ctl.tracker_remove(m.devno)

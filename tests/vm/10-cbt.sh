@@ -15,7 +15,7 @@ RD_KIB=16388
 FINE=(tracking_block_minimum_shift=12 tracking_block_maximum_count=1000)
 SEED=${CBT_SEED:-$RANDOM$RANDOM}
 
-ktap_plan 15
+ktap_plan 17
 
 if [ ! -f "$BLKSNAP_KO" ]; then
 	ktap_diag "$BLKSNAP_KO is missing (the module did not build)"
@@ -136,6 +136,9 @@ if [ -n "$ploop" ]; then
 	if wait_for "${ploop}p2" 5; then
 		model_case "model: writes to a disk and its partitions tracked on the disk" \
 			"$ploop=$ploop,${ploop}p1,${ploop}p2" --cycles 8
+		model_case "model: a tracked partition" "${ploop}p1" --cycles 6
+		model_case "model: a disk and its partition both tracked: partition writes reach both" \
+			"$ploop=${ploop}p1" "${ploop}p1" --cycles 4
 	else
 		ktap_fail "model: writes to a disk and its partitions tracked on the disk" \
 			"no ${ploop}p2 after writing the partition table"
