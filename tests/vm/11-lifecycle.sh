@@ -16,7 +16,7 @@ NODEVS=(240:0 0:0 4095:1048575)
 # User addresses no buffer can be at: page zero, the kernel's direct map.
 BADPTRS=(1 0xffff888000000000)
 
-ktap_plan 36
+ktap_plan 37
 
 if [ ! -f "$BLKSNAP_KO" ]; then
 	ktap_diag "$BLKSNAP_KO is missing (the module did not build)"
@@ -242,10 +242,49 @@ unload_alive() {
 }
 case_fn "rmmod with snapshots and trackers alive works and leaves nothing" unload_alive
 
-out=$(rmmod blksnap 2>&1) && rc=0 || rc=$?
-if [ "$rc" = 0 ] && ! blksnap_loaded; then
-	ktap_ok "the module unloads at the end"
-else
-	ktap_fail "the module unloads at the end" "rmmod: exit $rc: $out"
-fi
+# ---- churn under I/O
+WRITERS=()
+for i in 1 2 3; do
+	(while dd if=/dev/urandom of=/dev/ram$i bs=64k count=8 seek=$((RANDOM % 56)) \
+		oflag=direct status=none; do :; done) &
+	WRITERS+=($!)
+	at_exit "kill $!"
+done
+churn() {
+	local c id
+	for ((c = 0; c < 25; c++)); do
+		id=$(snap_id "$(bs create /dev/ram1 /dev/ram2)")
+		[ -n "$id" ] || { echo "cycle $c: CREATE failed"; return 1; }
+		bs take "$id" >/dev/null || { echo "cycle $c: TAKE failed"; return 1; }
+		bs read-map /dev/ram1 --length 64 >/dev/null || { echo "cycle $c: READ_CBT_MAP failed"; return 1; }
+		bs destroy "$id" >/dev/null || { echo "cycle $c: DESTROY failed"; return 1; }
+		if ((c % 3 == 0)); then
+			bs remove /dev/ram1 >/dev/null || { echo "cycle $c: REMOVE failed"; return 1; }
+		fi
+		if ((c % 4 == 0)); then
+			id=$(snap_id "$(bs create /dev/ram3)")
+			bs destroy "$id" >/dev/null && bs remove /dev/ram3 >/dev/null ||
+				{ echo "cycle $c: ram3 CREATE/DESTROY/REMOVE failed"; return 1; }
+		fi
+	done
+	for p in "${WRITERS[@]}"; do
+		kill -0 "$p" || { echo "a writer died"; return 1; }
+	done
+}
+case_fn "25 create/take/destroy/remove cycles while writers run on the devices" churn
+unload_busy() {
+	local id out
+	id=$(snap_id "$(bs create /dev/ram1 /dev/ram3)")
+	bs take "$id" >/dev/null || { echo "TAKE failed"; return 1; }
+	sleep 1
+	out=$(rmmod blksnap 2>&1) || { echo "rmmod: $out"; return 1; }
+	! blksnap_loaded || { echo "still loaded"; return 1; }
+	sleep 1
+	for p in "${WRITERS[@]}"; do
+		kill -0 "$p" || { echo "a writer died"; return 1; }
+	done
+}
+case_fn "the module unloads with a taken snapshot while writers run; the writes go on" unload_busy
+for p in "${WRITERS[@]}"; do kill "$p" 2>/dev/null; done
+wait "${WRITERS[@]}" 2>/dev/null
 ktap_finish
