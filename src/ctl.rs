@@ -266,6 +266,13 @@ impl Control {
         }
         let state = self.state.lock();
         let tracker = state.tracker_or_image_original(dev).ok_or(ENODEV)?;
+        let capacity = tracker.capacity();
+        if ranges
+            .iter()
+            .any(|r| r.sector_offset + r.sector_count > capacity)
+        {
+            return Err(EINVAL);
+        }
         for r in ranges.iter() {
             tracker.mark_dirty(r.sector_offset, r.sector_count);
         }
