@@ -26,9 +26,12 @@ the expected and found stamps. Standard library only.
         prints the copy-on-write chunk size of DEV (module parameters, size)
     stamp.py fiemap FILE
         prints the file's physical extents as START:COUNT sector lines
-    stamp.py read-loop DEV --seconds S [--buffered]
-        reads DEV over and over; prints "reads_ok=N reads_failed=N
-        first_errno=NAME ok_after_fail=N last=ok|NAME"
+    stamp.py read-loop DEV --seconds S [--delay S] [--stop-file PATH] [--buffered]
+        opens DEV (prints "open size=BYTES"), reads 64 KiB pieces of it over
+        and over, then prints "reads_ok=N reads_failed=N first_errno=NAME
+        ok_after_fail=N last=ok|NAME" (NAME is an errno name, or EOF or SHORT
+        for a read that returned nothing or less than asked: a deleted disk
+        has no sectors any more)
     stamp.py run --dev DEV[=TAG]... [options]
         the whole check; see --help. Exit 0 if everything held, 1 if not.
 
@@ -48,6 +51,7 @@ import os
 import random
 import stat
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -983,6 +987,13 @@ class Run:
                     self.report.fail(f"{t.image}: write: {errname(e.errno)}, expected EIO")
         log("image I/O fails with EIO")
 
+    def run_at(self, when, cmd):
+        """--at: runs a shell command while the writers run."""
+        time.sleep(when)
+        r = subprocess.run(["sh", "-c", cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           check=False)
+        log(f"ran '{cmd}': exit {r.returncode} {r.stdout.decode(errors='replace').strip()}")
+
     # ---- the whole run
     def go(self):
         a = self.a
@@ -1001,6 +1012,9 @@ class Run:
         if a.image_writes:
             threads.append(threading.Thread(target=self.image_writer, args=(a.image_writes,),
                                             name="image-writer"))
+        if a.at:
+            when, _, cmd = a.at.partition(":")
+            threading.Thread(target=self.run_at, args=(float(when), cmd), daemon=True).start()
         for th in threads + readers:
             th.start()
         for th in threads:
@@ -1165,27 +1179,39 @@ def cmd_read_loop(a):
     flags = os.O_RDONLY | (0 if a.buffered else os.O_DIRECT)
     fd = os.open(a.dev, flags)
     size = os.lseek(fd, 0, os.SEEK_END)
+    print(f"open size={size}", flush=True)
     buf = AlignedBuf(65536)
     ok = failed = ok_after_fail = 0
     first = last = None
+    first_at = None
     rng = random.Random(1)
-    end = time.monotonic() + a.seconds
+    t0 = time.monotonic()
+    end = t0 + a.seconds
     while time.monotonic() < end:
+        if a.stop_file and os.path.exists(a.stop_file):
+            break
         off = rng.randrange(max(size // 65536, 1)) * 65536
         try:
-            os.preadv(fd, [buf.mv], off)
+            got = os.preadv(fd, [buf.mv], off)
+            err = None if got == len(buf.mv) else ("EOF" if got == 0 else "SHORT")
+        except OSError as e:
+            err = errname(e.errno)
+        if err is None:
             ok += 1
             if failed:
                 ok_after_fail += 1
             last = "ok"
-        except OSError as e:
+        else:
             failed += 1
-            first = first or errname(e.errno)
-            last = errname(e.errno)
+            if first is None:
+                first, first_at = err, time.monotonic() - t0
+            last = err
         if a.delay:
             time.sleep(a.delay)
     print(f"reads_ok={ok} reads_failed={failed} first_errno={first or '-'} "
-          f"ok_after_fail={ok_after_fail} last={last or '-'}", flush=True)
+          f"ok_after_fail={ok_after_fail} last={last or '-'} "
+          f"first_fail_after={'-' if first_at is None else f'{first_at:.1f}s'} "
+          f"ran={time.monotonic() - t0:.1f}s", flush=True)
     return 0
 
 
@@ -1211,6 +1237,7 @@ def main():
     s.add_argument("dev")
     s.add_argument("--seconds", type=float, default=5)
     s.add_argument("--delay", type=float, default=0)
+    s.add_argument("--stop-file", help="stop once this path exists")
     s.add_argument("--buffered", action="store_true")
     s = sub.add_parser("run")
     s.add_argument("--dev", action="append", required=True,
@@ -1248,6 +1275,8 @@ def main():
     s.add_argument("--no-storage-fill", action="store_true",
                    help="do not fill or check separate storage devices")
     s.add_argument("--events", action="store_true", help="watch events (no corrupted one)")
+    s.add_argument("--at", metavar="SECONDS:CMD",
+                   help="run the shell command CMD SECONDS after the writers start")
     s.add_argument("--keep", action="store_true", help="do not destroy the snapshot")
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--timeout", type=float, default=170,

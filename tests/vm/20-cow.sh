@@ -14,6 +14,25 @@
 source "$(dirname "$0")/../cbt-lib.sh"
 require_vm
 
+# Like case_fn, and shows how long the case took and, when it passed, the
+# summary lines of a stamp check; when it failed, its first FAIL lines and
+# the end of its output.
+tcase() {
+	local desc=$1 out rc sum t=$SECONDS
+	shift
+	out=$("$@" 2>&1) && rc=0 || rc=$?
+	if [ "$rc" = 0 ]; then
+		ktap_ok "$desc"
+		sum=$(grep -E 'writers done|chunks written|storage slots|events after|grow loop|image reads|DESTROY|rmmod took|event: code=1' <<<"$out" |
+			sed -E 's/^\[ *[0-9.]+\] //' | head -n 8)
+		[ -z "$sum" ] || ktap_diag "$sum"
+	else
+		sum=$(grep -m 15 'FAIL' <<<"$out")
+		ktap_fail "$desc" ${sum:+"$sum" "..."} "$(tail -n 25 <<<"$out")"
+	fi
+	ktap_diag "($((SECONDS - t)) s)"
+}
+
 ktap_plan 8
 
 if [ ! -f "$BLKSNAP_KO" ]; then
@@ -37,7 +56,7 @@ STAMP=("${PYTHON_FAST[@]}" "$TESTS_DIR/tools/stamp.py")
 stamp() { "${STAMP[@]}" "$@"; }
 
 # ---- storage on a second ramdisk
-case_fn "stamp check, default chunks, storage on another ramdisk: image = TAKE data, original = newest" \
+tcase "stamp check, default chunks, storage on another ramdisk: image = TAKE data, original = newest" \
 	stamp run --dev /dev/ram0 --storage /dev/ram1:0:65536 --writers 4 --writes 400 \
 	--seconds 10 --zeroout --discard --image-writes 40 --check-storage --events --seed 11
 
@@ -54,7 +73,7 @@ SAME=(--dev /dev/ram2
 	--storage /dev/ram2:36864:16384 --storage /dev/ram1:4096:61440
 	--region /dev/ram2:2048:8192 --region /dev/ram2:10264:8168
 	--region /dev/ram2:26632:8184 --region /dev/ram2:53248:8192)
-case_fn "stamp check, default chunks, storage interleaved with written ranges on the same device" \
+tcase "stamp check, default chunks, storage interleaved with written ranges on the same device" \
 	stamp run "${SAME[@]}" --writers 4 --writes 400 --seconds 10 --zeroout --discard \
 	--image-writes 40 --check-storage --events --seed 12
 
@@ -95,7 +114,7 @@ image_writes() {
 	stamp check-fill /dev/ram3 || { echo "the original changed after DESTROY"; return 1; }
 	rm -f /tmp/cow-pattern /tmp/cow-back
 }
-case_fn "image writes (CLI-driven snapshot): read back equal, original unchanged, rest of image unchanged" \
+tcase "image writes (CLI-driven snapshot): read back equal, original unchanged, rest of image unchanged" \
 	image_writes
 
 # ---- small chunks
@@ -104,7 +123,7 @@ for shift in 12 16; do
 		want=$((1 << (shift - 9)))
 		got=$(stamp chunk /dev/ram2)
 		echo "# chunk_minimum_shift=$shift: chunk $got sectors"
-		case_fn "chunk_minimum_shift=$shift: stamp check, same-device interleaved storage (chunk $want sectors)" \
+		tcase "chunk_minimum_shift=$shift: stamp check, same-device interleaved storage (chunk $want sectors)" \
 			stamp run "${SAME[@]}" --writers 4 --writes 500 --seconds 10 --zeroout --discard \
 			--image-writes 30 --check-storage --events --seed $((20 + shift))
 	else
@@ -123,7 +142,7 @@ if blksnap_load chunk_minimum_shift=12 chunk_maximum_count=2048; then
 		ktap_fail "chunk size rule: 4 KiB minimum, at most 2048 chunks on 32 MiB gives 32 sectors" \
 			"stamp.py chunk says $got"
 	fi
-	case_fn "chunk_maximum_count=2048: stamp check, each storage slot holds one 16 KiB chunk" \
+	tcase "chunk_maximum_count=2048: stamp check, each storage slot holds one 16 KiB chunk" \
 		stamp run --dev /dev/ram0 --storage /dev/ram1:0:65536 --writers 3 --writes 300 \
 		--seconds 10 --image-writes 20 --check-storage --events --seed 31
 else

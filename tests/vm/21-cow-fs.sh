@@ -11,6 +11,25 @@
 source "$(dirname "$0")/../cbt-lib.sh"
 require_vm
 
+# Like case_fn, and shows how long the case took and, when it passed, the
+# summary lines of a stamp check; when it failed, its first FAIL lines and
+# the end of its output.
+tcase() {
+	local desc=$1 out rc sum t=$SECONDS
+	shift
+	out=$("$@" 2>&1) && rc=0 || rc=$?
+	if [ "$rc" = 0 ]; then
+		ktap_ok "$desc"
+		sum=$(grep -E 'writers done|chunks written|storage slots|events after|grow loop|image reads|DESTROY|rmmod took|event: code=1' <<<"$out" |
+			sed -E 's/^\[ *[0-9.]+\] //' | head -n 8)
+		[ -z "$sum" ] || ktap_diag "$sum"
+	else
+		sum=$(grep -m 15 'FAIL' <<<"$out")
+		ktap_fail "$desc" ${sum:+"$sum" "..."} "$(tail -n 25 <<<"$out")"
+	fi
+	ktap_diag "($((SECONDS - t)) s)"
+}
+
 RD_KIB=131072
 EXT=/dev/ram0 XFS=/dev/ram1 STORE=/dev/ram2
 M=/mnt/cow-fs
@@ -67,7 +86,7 @@ image_of() {
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 # Like case_fn, but runs CMD in this shell (so that it can set variables).
 case_sh() {
-	local desc=$1 rc
+	local desc=$1 rc t=$SECONDS
 	shift
 	"$@" >/tmp/cow-fs-case 2>&1 && rc=0 || rc=$?
 	if [ "$rc" = 0 ]; then
@@ -75,6 +94,7 @@ case_sh() {
 	else
 		ktap_fail "$desc" "$(tail -n 30 /tmp/cow-fs-case)"
 	fi
+	ktap_diag "($((SECONDS - t)) s)"
 }
 
 # ---- filesystems with data
@@ -88,7 +108,7 @@ setup_fs() {
 	done
 	sync
 }
-case_fn "ext4 and xfs on ramdisks, mounted, with files written" setup_fs
+tcase "ext4 and xfs on ramdisks, mounted, with files written" setup_fs
 if ! mountpoint -q $MNT_EXT || ! mountpoint -q $MNT_XFS; then
 	ktap_fail_rest "no filesystems"
 	ktap_finish
@@ -137,9 +157,9 @@ image_shows_take() { # FSTYPE IMAGE DIR NAME
 }
 change_after >/tmp/cow-fs-change 2>&1 || ktap_diag "changing the originals failed: $(cat /tmp/cow-fs-change)"
 drop_caches
-case_fn "ext4 image shows the files as at TAKE (rewritten, deleted, appended files as before; no new files)" \
+tcase "ext4 image shows the files as at TAKE (rewritten, deleted, appended files as before; no new files)" \
 	image_shows_take ext4 "$EXT_IMG" $IMG_EXT ext4
-case_fn "xfs image (mounted with nouuid) shows the files as at TAKE, none written after" \
+tcase "xfs image (mounted with nouuid) shows the files as at TAKE, none written after" \
 	image_shows_take xfs "$XFS_IMG" $IMG_XFS xfs
 
 # ---- writes into the mounted images
@@ -167,7 +187,7 @@ image_writes() {
 		check_sums "$mnt/after" "$fs-after" || return 1
 	done
 }
-case_fn "files written into the mounted images persist across remount and never reach the originals" \
+tcase "files written into the mounted images persist across remount and never reach the originals" \
 	image_writes
 
 umount $IMG_EXT 2>/dev/null
@@ -189,7 +209,7 @@ after_destroy() {
 	xfs_repair -n $XFS >/tmp/cow-fs-repair 2>&1 || { cat /tmp/cow-fs-repair; echo "xfs_repair of the original"; return 1; }
 	mount $EXT $MNT_EXT && mount $XFS $MNT_XFS || { echo "remount of the originals failed"; return 1; }
 }
-case_fn "after DESTROY the originals hold every change made after TAKE and check clean" after_destroy
+tcase "after DESTROY the originals hold every change made after TAKE and check clean" after_destroy
 
 # ---- storage in preallocated files on the snapshotted filesystems themselves
 STORE_MB=56
@@ -274,7 +294,7 @@ fsck_one() {
 		fsck.ext4 -fn "$2" || { echo "fsck.ext4 -fn $2 failed"; return 1; }
 	fi
 }
-case_fn "images with storage inside their own filesystems: data as at TAKE, fsck clean, storage used" \
+tcase "images with storage inside their own filesystems: data as at TAKE, fsck clean, storage used" \
 	in_fs_images
 
 in_fs_destroy() {
@@ -288,7 +308,7 @@ in_fs_destroy() {
 	umount $MNT_EXT && umount $MNT_XFS || { echo "umount failed"; return 1; }
 	fsck_one ext4 $EXT && fsck_one xfs $XFS
 }
-case_fn "after DESTROY the filesystems holding the storage files are intact and clean" in_fs_destroy
+tcase "after DESTROY the filesystems holding the storage files are intact and clean" in_fs_destroy
 
 blksnap_clear
 out=$(rmmod blksnap 2>&1) && rc=0 || rc=$?

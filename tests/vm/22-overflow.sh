@@ -15,6 +15,25 @@
 source "$(dirname "$0")/../cbt-lib.sh"
 require_vm
 
+# Like case_fn, and shows how long the case took and, when it passed, the
+# summary lines of a stamp check; when it failed, its first FAIL lines and
+# the end of its output.
+tcase() {
+	local desc=$1 out rc sum t=$SECONDS
+	shift
+	out=$("$@" 2>&1) && rc=0 || rc=$?
+	if [ "$rc" = 0 ]; then
+		ktap_ok "$desc"
+		sum=$(grep -E 'writers done|chunks written|storage slots|events after|grow loop|image reads|DESTROY|rmmod took|event: code=1' <<<"$out" |
+			sed -E 's/^\[ *[0-9.]+\] //' | head -n 8)
+		[ -z "$sum" ] || ktap_diag "$sum"
+	else
+		sum=$(grep -m 15 'FAIL' <<<"$out")
+		ktap_fail "$desc" ${sum:+"$sum" "..."} "$(tail -n 25 <<<"$out")"
+	fi
+	ktap_diag "($((SECONDS - t)) s)"
+}
+
 ktap_plan 8
 
 if [ ! -f "$BLKSNAP_KO" ]; then
@@ -115,7 +134,7 @@ stretch_run() {
 	((appends >= 10)) || { echo "the storage grew only $appends times"; return 1; }
 }
 if [ -n "$SID" ]; then
-	case_fn "80 MiB written while the storage grows 8 MiB at a time: no corrupted event, image = TAKE data" \
+	tcase "80 MiB written while the storage grows 8 MiB at a time: no corrupted event, image = TAKE data" \
 		stretch_run
 else
 	ktap_fail "80 MiB written while the storage grows 8 MiB at a time" "no snapshot"
@@ -128,20 +147,20 @@ stretch_end() {
 	! kill -0 "$GROW_PID" 2>/dev/null || { echo "the grow loop's wait did not end after DESTROY"; return 1; }
 	grep -q 'ESRCH\|waitevent' $GROW_LOG || { echo "grow loop log: $(tail -n 3 $GROW_LOG)"; return 1; }
 }
-case_fn "DESTROY ends the event loop's wait" stretch_end
+tcase "DESTROY ends the event loop's wait" stretch_end
 
 # ---- overflow: storage for 4 chunks (256 KiB each) of a 32 MiB device
-case_fn "overflow: one corrupted event (ENOSPC), original writes go on and lose nothing, image I/O fails with EIO" \
+tcase "overflow: one corrupted event (ENOSPC), original writes go on and lose nothing, image I/O fails with EIO" \
 	stamp run --dev "$L2" --storage "$L3:0:2048" --overflow --writers 4 --writes 300 \
 	--seconds 20 --image-writes 20 --zeroout --seed 42
 
 # The same with the storage on the original itself, 2 chunks of it.
-case_fn "overflow with the storage on the original device itself: the same" \
+tcase "overflow with the storage on the original device itself: the same" \
 	stamp run --dev "$L2" --storage "$L2:64512:1024" --overflow --writers 3 --writes 200 \
 	--seconds 15 --seed 43
 
 # After an overflow the device can be snapshotted again, healthy.
-case_fn "after the overflow a new snapshot of the device is healthy" \
+tcase "after the overflow a new snapshot of the device is healthy" \
 	stamp run --dev "$L2" --storage "$L3:0:65536" --writers 3 --writes 150 --seconds 8 \
 	--check-storage --events --seed 44
 
@@ -173,7 +192,7 @@ fs_overflow() {
 	umount $mnt
 	rm -f /tmp/overflow-sum
 }
-case_fn "overflow under a mounted ext4: the filesystem stays clean and its data intact" fs_overflow
+tcase "overflow under a mounted ext4: the filesystem stays clean and its data intact" fs_overflow
 
 blksnap_clear
 out=$(rmmod blksnap 2>&1) && rc=0 || rc=$?

@@ -1,0 +1,294 @@
+#!/usr/bin/env bash
+# Several devices and several snapshots (stamp checks, tests/tools/stamp.py):
+# one snapshot of two ramdisks with the storage of both on one of them;
+# three snapshots taken and written at the same time on disjoint ramdisks,
+# each keeping its storage on the next one's ramdisk. Snapshots that lose
+# their devices: DESTROY while an image is mounted and read (the readers get
+# errors, nothing hangs, the original is intact); a scsi_debug original
+# deleted through sysfs under a taken snapshot with writers and image readers
+# running; the scsi_debug disk holding the storage deleted while writers need
+# copy-on-write (one corrupted event, original intact, image EIO). Last,
+# rmmod with snapshots alive and a writer running.
+# shellcheck source-path=SCRIPTDIR disable=SC2015,SC2119 # "test && test || fail" is meant
+source "$(dirname "$0")/../cbt-lib.sh"
+require_vm
+
+# Like case_fn, and shows how long the case took and, when it passed, the
+# summary lines of a stamp check; when it failed, its first FAIL lines and
+# the end of its output.
+tcase() {
+	local desc=$1 out rc sum t=$SECONDS
+	shift
+	out=$("$@" 2>&1) && rc=0 || rc=$?
+	if [ "$rc" = 0 ]; then
+		ktap_ok "$desc"
+		sum=$(grep -E 'writers done|chunks written|storage slots|events after|grow loop|image reads|DESTROY|rmmod took|event: code=1' <<<"$out" |
+			sed -E 's/^\[ *[0-9.]+\] //' | head -n 8)
+		[ -z "$sum" ] || ktap_diag "$sum"
+	else
+		sum=$(grep -m 15 'FAIL' <<<"$out")
+		ktap_fail "$desc" ${sum:+"$sum" "..."} "$(tail -n 25 <<<"$out")"
+	fi
+	ktap_diag "($((SECONDS - t)) s)"
+}
+
+ktap_plan 8
+
+if [ ! -f "$BLKSNAP_KO" ]; then
+	ktap_diag "$BLKSNAP_KO is missing (the module did not build)"
+	ktap_fail_rest "no blksnap.ko"
+	ktap_finish
+fi
+cbt_setup_exit_trap
+blksnap_unload
+RD_KIB=16384 # 32768 sectors: 64 chunks of 256 KiB
+MNT=/mnt/multi-image
+setup_bad=
+brd_setup 7 $RD_KIB || setup_bad="brd: cannot load 7 ramdisks"
+[ -n "$setup_bad" ] || blksnap_load || setup_bad="insmod $BLKSNAP_KO failed"
+if [ -n "$setup_bad" ]; then
+	ktap_diag "$setup_bad"
+	ktap_fail_rest "setup failed"
+	ktap_finish
+fi
+
+CLI=$BLKSNAP_CLI
+STAMP=("${PYTHON_FAST[@]}" "$TESTS_DIR/tools/stamp.py")
+stamp() { "${STAMP[@]}" "$@"; }
+at_exit "umount $MNT"
+mkdir -p $MNT
+
+# ---- one snapshot of two devices, the storage of both on one of them
+# ram1: writers in 0+8192, storage 8192+24576 (48 chunks); ram0: writers in
+# 0+8192; at most 16 + 16 chunks written and 12 by image writes.
+tcase "one snapshot of ram0 and ram1, storage of both on ram1: both images = TAKE data" \
+	stamp run --dev /dev/ram0 --dev /dev/ram1 --storage /dev/ram1:8192:24576 \
+	--region /dev/ram0:0:8192 --region /dev/ram1:0:8192 --writers 4 --writes 300 --seconds 10 \
+	--image-writes 6 --zeroout --discard --check-storage --events --seed 51
+
+# ---- three snapshots at once, each with its storage on another's device
+# On each of ram2..ram4: writers in 0+12288 (24 chunks), untouched
+# 12288+4096, the previous snapshot's storage in 16384+16384 (32 chunks).
+concurrent() {
+	local i dev next pids=() rc=0 out
+	stamp fill /dev/ram2 /dev/ram3 /dev/ram4 >/dev/null || { echo "fill failed"; return 1; }
+	for i in 2 3 4; do
+		dev=/dev/ram$i next=/dev/ram$((i == 4 ? 2 : i + 1))
+		stamp run --no-fill --no-storage-fill --dev $dev --storage "$next:16384:16384" \
+			--exclude "$dev:16384:16384" --region "$dev:0:12288" --max-io 512 \
+			--writers 3 --writes 200 --seconds 10 --image-writes 2 --zeroout --discard \
+			--check-storage --events --seed $((60 + i)) >/tmp/multi-run$i 2>&1 &
+		pids+=($!)
+	done
+	for i in 0 1 2; do
+		wait "${pids[i]}" || { rc=1; echo "---- snapshot of ram$((i + 2)) failed:"; tail -n 15 /tmp/multi-run$((i + 2)); }
+	done
+	for i in 2 3 4; do
+		grep -h 'RESULT\|chunks written' /tmp/multi-run$i | sed "s|^|ram$i: |"
+	done
+	rm -f /tmp/multi-run[234]
+	out=$(bs collect --count 8)
+	grep -qx count=0 <<<"$out" || { echo "snapshots left: $out"; return 1; }
+	return $rc
+}
+tcase "three snapshots taken and written at once on ram2..ram4, storage on each other's disks: all correct" \
+	concurrent
+
+# ---- DESTROY while an image is mounted and read
+FS=/mnt/multi-orig
+at_exit "umount $FS"
+mkdir -p $FS
+destroy_mounted() {
+	local rc
+	destroy_mounted_run && rc=0 || rc=$?
+	# Never leave the dead image mounted (it would pin the module).
+	mountpoint -q $MNT && { umount $MNT || umount -l $MNT; }
+	return $rc
+}
+destroy_mounted_run() {
+	local out id img r1 r2 w rc i n t
+	mkfs.ext4 -q -F -b 4096 /dev/ram5 && mount /dev/ram5 $FS || return 1
+	for i in 0 1 2 3 4 5; do head -c 1000000 /dev/urandom >$FS/f$i; done
+	sync
+	out=$($CLI snapshot_create -d /dev/ram5) || { echo "create: $out"; return 1; }
+	id=$(kv id "$out")
+	$CLI snapshot_appendstorage -i "$id" -d /dev/ram6 --range 0:32768 && $CLI snapshot_take -i "$id" ||
+		{ echo "append/take failed"; return 1; }
+	img=$(kv image "$($CLI snapshot_collect -i "$id")")
+	mount -o ro "$img" $MNT || { echo "mount of $img failed"; return 1; }
+	# Readers: the image device itself, and the files through the mount
+	# (direct I/O, so that they reach the device).
+	rm -f /tmp/multi-stop
+	"${STAMP[@]}" read-loop "$img" --seconds 120 --delay 0.01 --stop-file /tmp/multi-stop \
+		>/tmp/multi-r1 2>&1 &
+	r1=$!
+	n=200
+	while ! grep -q '^open' /tmp/multi-r1 && ((n-- > 0)); do sleep 0.1; done
+	(
+		ok=0 bad=0
+		end=$((SECONDS + 120))
+		while ((SECONDS < end)) && [ ! -e /tmp/multi-stop ]; do
+			for f in "$MNT"/f*; do
+				if dd if="$f" of=/dev/null bs=64k iflag=direct status=none 2>/dev/null; then
+					ok=$((ok + 1))
+				else
+					bad=$((bad + 1))
+				fi
+			done
+		done
+		echo "file reads ok=$ok failed=$bad"
+	) >/tmp/multi-r2 2>&1 &
+	r2=$!
+	# A writer on the mounted original meanwhile: chunks get copied while
+	# the image is read, and while it goes away.
+	(for i in $(seq 1 12); do
+		head -c 200000 /dev/urandom >"$FS/g$i" && sync -f "$FS/g$i" || echo "writing g$i failed"
+	done) >/tmp/multi-w 2>&1 &
+	w=$!
+	sleep 2
+	t=$SECONDS
+	timeout 60 "$CLI" snapshot_destroy -i "$id" && rc=0 || rc=$?
+	echo "DESTROY took $((SECONDS - t)) s"
+	# The readers go on for 3 s after DESTROY.
+	sleep 3
+	touch /tmp/multi-stop
+	wait $r1 $r2 $w
+	echo "DESTROY: exit $rc; $(tr '\n' ' ' </tmp/multi-r1); $(cat /tmp/multi-r2); writer: $(cat /tmp/multi-w)"
+	((rc == 0)) || { echo "DESTROY with the image mounted failed or hung"; return 1; }
+	[ ! -s /tmp/multi-w ] || { echo "writing to the original failed"; return 1; }
+	out=$(cat /tmp/multi-r1)
+	(($(kv reads_failed "$out") > 0)) && [ "$(kv last "$out")" != ok ] ||
+		{ echo "image reads did not fail after DESTROY"; return 1; }
+	[ ! -e "/sys/block/$(basename "$img")" ] || echo "note: the image disk is still in sysfs"
+	umount $MNT || umount -l $MNT || { echo "umount of the dead image failed"; return 1; }
+	rm -f /tmp/multi-r1 /tmp/multi-r2 /tmp/multi-w /tmp/multi-stop
+}
+tcase "DESTROY while the image is mounted and read: readers get errors, nothing hangs" destroy_mounted
+
+original_intact() {
+	local out
+	(cd $FS && sha256sum f* g*) >/tmp/multi-sums || { echo "the original's files cannot be read"; return 1; }
+	umount $FS || return 1
+	fsck.ext4 -fn /dev/ram5 || { echo "fsck.ext4 of the original failed"; return 1; }
+	mount /dev/ram5 $FS || return 1
+	(cd $FS && sha256sum --quiet -c /tmp/multi-sums) || { echo "files changed across a remount"; return 1; }
+	(($(wc -l </tmp/multi-sums) == 18)) || { echo "files missing: $(cat /tmp/multi-sums)"; return 1; }
+	umount $FS
+	out=$(bs collect --count 8)
+	grep -qx count=0 <<<"$out" || { echo "snapshots left: $out"; return 1; }
+	rm -f /tmp/multi-sums
+}
+tcase "after that DESTROY the original filesystem has all its files and checks clean" original_intact
+
+# ---- scsi_debug disks (16 MiB, one store each) deleted under taken snapshots
+sd_disks() {
+	local d
+	for d in /sys/bus/pseudo/drivers/scsi_debug/adapter*/host*/target*/*/block/*; do
+		[ -e "$d" ] && basename "$d"
+	done | sort
+}
+SD=()
+sd_setup() {
+	[ ! -e /sys/module/scsi_debug ] || rmmod scsi_debug || return 1
+	modprobe scsi_debug dev_size_mb=16 add_host=2 num_tgts=1 max_luns=1 per_host_store=1 || return 1
+	local n=100
+	while (($(sd_disks | wc -l) < 2)) && ((n-- > 0)); do sleep 0.1; done
+	mapfile -t SD <<<"$(sd_disks)"
+	((${#SD[@]} == 2)) || { echo "scsi_debug disks: ${SD[*]}"; return 1; }
+	for d in "${SD[@]}"; do wait_for "/dev/$d" 5 || return 1; done
+}
+gone() {
+	local n=100
+	while [ -e "/sys/block/$1" ] && ((n-- > 0)); do sleep 0.1; done
+	[ ! -e "/sys/block/$1" ]
+}
+sd_bad=
+sd_setup >/tmp/multi-sd 2>&1 || sd_bad="scsi_debug: $(cat /tmp/multi-sd)"
+rm -f /tmp/multi-sd
+at_exit "rmmod scsi_debug"
+
+sd_original_deleted() {
+	local d=${SD[0]} dn id out img r w
+	dn=$(devno "/dev/$d")
+	out=$($CLI snapshot_create -d "/dev/$d") || { echo "create: $out"; return 1; }
+	id=$(kv id "$out")
+	$CLI snapshot_appendstorage -i "$id" -d /dev/ram6 --range 0:32768 && $CLI snapshot_take -i "$id" ||
+		{ echo "append/take failed"; return 1; }
+	img=$(kv image "$($CLI snapshot_collect -i "$id")")
+	(while dd if=/dev/urandom of="/dev/$d" bs=64k count=4 seek=$((RANDOM % 250)) oflag=direct \
+		conv=notrunc status=none 2>/dev/null; do :; done) &
+	w=$!
+	rm -f /tmp/multi-stop
+	"${STAMP[@]}" read-loop "$img" --seconds 120 --stop-file /tmp/multi-stop >/tmp/multi-sdr 2>&1 &
+	r=$!
+	local n=200
+	while ! grep -q '^open' /tmp/multi-sdr && ((n-- > 0)); do sleep 0.1; done
+	sleep 2
+	echo 1 >"/sys/block/$d/device/delete" || { echo "delete failed"; kill $w $r; return 1; }
+	gone "$d" || { echo "/sys/block/$d still there"; kill $w $r; return 1; }
+	sleep 2
+	touch /tmp/multi-stop
+	wait $r
+	kill $w 2>/dev/null
+	wait $w 2>/dev/null
+	echo "image reads: $(tr '\n' ' ' </tmp/multi-sdr)"
+	out=$($CLI snapshot_collect -i "$id" 2>&1)
+	echo "COLLECT_IMAGES after the delete: $(tr '\n' ' ' <<<"$out")"
+	timeout 60 "$CLI" snapshot_destroy -i "$id" || { echo "DESTROY failed or hung"; return 1; }
+	out=$(bs remove "$dn" 2>&1) || grep -qx errno=ENODEV <<<"$out" || { echo "TRACKER_REMOVE: $out"; return 1; }
+	[ ! -e "/sys/block/$(basename "$img")" ] || { echo "the image is still there"; return 1; }
+	grep -q '^reads_ok' /tmp/multi-sdr || { echo "the image reader did not finish"; return 1; }
+	rm -f /tmp/multi-sdr /tmp/multi-stop
+}
+sd_storage_deleted() {
+	local d=${SD[1]}
+	# The writers run 15 s; the disk goes 2 s after they start.
+	stamp run --dev /dev/ram0 --storage "/dev/$d:0:32768" --no-storage-fill --overflow \
+		--corrupt-errno 0 --writers 3 --writes 400 --seconds 15 \
+		--at "2:echo 1 >/sys/block/$d/device/delete" --seed 71
+}
+if [ -n "$sd_bad" ]; then
+	ktap_diag "$sd_bad"
+	ktap_fail "scsi_debug original deleted under a taken snapshot, written and read" "no scsi_debug"
+	ktap_fail "scsi_debug storage disk deleted while copy-on-write needs it" "no scsi_debug"
+else
+	tcase "scsi_debug original deleted under a taken snapshot while written and its image read: DESTROY works" \
+		sd_original_deleted
+	tcase "scsi_debug storage disk deleted while copy-on-write needs it: one corrupted event, original intact, image EIO" \
+		sd_storage_deleted
+fi
+
+no_images() { ! compgen -G "/sys/block/blksnap-image*" >/dev/null; }
+
+# ---- rmmod with snapshots alive: one taken (writer running), one created
+unload_alive() {
+	local out id1 w t errs=/tmp/multi-werr
+	out=$($CLI snapshot_create -d /dev/ram1) || { echo "create: $out"; return 1; }
+	id1=$(kv id "$out")
+	$CLI snapshot_appendstorage -i "$id1" -d /dev/ram6 --range 0:32768 && $CLI snapshot_take -i "$id1" ||
+		{ echo "append/take failed"; return 1; }
+	out=$($CLI snapshot_create -d /dev/ram2) || { echo "create: $out"; return 1; }
+	: >$errs
+	(for i in $(seq 1 30); do
+		dd if=/dev/urandom of=/dev/ram1 bs=64k count=2 seek=$((i * 13 % 250)) oflag=direct conv=notrunc \
+			status=none 2>>$errs || echo "write $i failed" >>$errs
+	done) &
+	w=$!
+	sleep 1
+	t=$SECONDS
+	out=$(rmmod blksnap 2>&1) || { kill $w; echo "rmmod: $out"; return 1; }
+	echo "rmmod took $((SECONDS - t)) s"
+	wait $w
+	! blksnap_loaded || { echo "still loaded"; return 1; }
+	[ ! -s $errs ] || { echo "writes to the original failed: $(head -n 5 $errs)"; return 1; }
+	no_images || { echo "images left: $(echo /sys/block/blksnap-image*)"; return 1; }
+	rm -f $errs
+}
+tcase "rmmod with a taken snapshot (original being written) and a created one: unloads, writes unharmed" \
+	unload_alive
+if ! blksnap_loaded && no_images; then
+	ktap_ok "no image disk is left after the unload"
+else
+	ktap_fail "no image disk is left after the unload" "$(echo /sys/block/*)"
+fi
+ktap_finish
