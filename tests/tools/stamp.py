@@ -478,6 +478,18 @@ class Run:
         for path, ranges in explicit.items():
             t = by_path[path]
             t.regions = subtract(ranges, t.storage)
+        self.via = None
+        if a.via:
+            # Writes to the first original go through another device (a
+            # partition of it, a dm device on it) that maps its sector 0 to
+            # the original's sector OFFSET.
+            path, off = a.via.rsplit(":", 1)
+            vd = Dev(path)
+            off = int(off, 0)
+            t = self.targets[0]
+            t.regions = subtract(t.regions, [(0, off), (off + vd.sectors, 1 << 62)])
+            self.via = (vd, off)
+            log(f"writes to {t.dev} go through {vd} at offset {off}")
         for t in self.targets:
             log(f"{t.dev}: {t.dev.sectors} sectors, chunk {t.dev.chunk} sectors, "
                 f"writer regions {t.regions}, storage here {t.storage}")
@@ -679,15 +691,18 @@ class Run:
                     op, lba, n = "discard", s, e - s
             self.note_shape(t, lba, n)
             t.touch(lba, n)
+            fd, base = t.dev.fd, 0
+            if self.via and t is self.targets[0]:
+                fd, base = self.via[0].fd, self.via[1]
             with t.lock.hold(lba, n):
                 seq = next(self.seq)
                 try:
                     if op == "write":
                         data = stamps(t.dev.tagb, lba, n, GEN_WRITE, wid, seq)
-                        buf.pwrite(t.dev.fd, data, lba)
+                        buf.pwrite(fd, data, lba - base)
                     else:
-                        fcntl.ioctl(t.dev.fd, BLKZEROOUT if op == "zeroout" else BLKDISCARD,
-                                    struct.pack("QQ", lba * SECTOR, n * SECTOR))
+                        fcntl.ioctl(fd, BLKZEROOUT if op == "zeroout" else BLKDISCARD,
+                                    struct.pack("QQ", (lba - base) * SECTOR, n * SECTOR))
                         data = bytes(n * SECTOR)
                 except OSError as e:
                     self.report.fail(f"{op} of {t.dev} LBA {lba}+{n} failed: {errname(e.errno)} "
@@ -1255,6 +1270,9 @@ def main():
     s.add_argument("--writes", type=int, default=400, help="writes per writer at most")
     s.add_argument("--seconds", type=float, default=30, help="writers stop after this")
     s.add_argument("--max-io", type=int, default=0, help="largest write in sectors")
+    s.add_argument("--via", metavar="PATH:OFFSET",
+                   help="write to the first --dev through PATH (a partition of it, a dm "
+                   "device on it) whose sector 0 is its sector OFFSET")
     s.add_argument("--sweep", action="store_true",
                    help="each writer walks once through its share of the regions (every "
                    "chunk gets written) instead of writing at random places")

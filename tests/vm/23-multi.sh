@@ -32,7 +32,7 @@ tcase() {
 	ktap_diag "($((SECONDS - t)) s)"
 }
 
-ktap_plan 8
+ktap_plan 10
 
 if [ ! -f "$BLKSNAP_KO" ]; then
 	ktap_diag "$BLKSNAP_KO is missing (the module did not build)"
@@ -93,6 +93,53 @@ concurrent() {
 }
 tcase "three snapshots taken and written at once on ram2..ram4, storage on each other's disks: all correct" \
 	concurrent
+
+# ---- writes that reach the original through another block device
+# A dm-linear device over sectors 4096+24576 of ram0: its bios are remapped
+# and resubmitted to ram0 by dm, and must be copied-on-write all the same.
+DM=""
+if dmsetup create --noudevsync multi-lin --table "0 24576 linear /dev/ram0 4096" 2>/tmp/multi-dm; then
+	at_exit "dmsetup remove --noudevsync multi-lin"
+	mm=$(dmsetup info -c --noheadings -o major,minor multi-lin)
+	mm=${mm// /}
+	wait_for "/dev/dm-${mm#*:}" 5 && DM=/dev/dm-${mm#*:}
+fi
+if [ -n "$DM" ]; then
+	tcase "writes through a dm-linear device on the original are copied-on-write: image = TAKE data" \
+		stamp run --dev /dev/ram0 --via "$DM:4096" --storage /dev/ram1:0:32768 --writers 3 \
+		--writes 300 --seconds 8 --max-io 512 --image-writes 4 --zeroout --discard --check-storage \
+		--events --seed 55
+else
+	ktap_fail "writes through a dm-linear device on the original are copied-on-write" \
+		"dmsetup create failed: $(cat /tmp/multi-dm)"
+fi
+rm -f /tmp/multi-dm
+
+# A loop disk with one partition (sectors 2048+24576); the snapshot is of
+# the whole disk, the writes go to the partition.
+PART_LOOP=""
+mbr_one_partition() { # FILE START SIZE: an MBR with one Linux partition
+	"${PYTHON_FAST[@]}" -c '
+import struct, sys
+mbr = bytearray(512)
+mbr[446:462] = struct.pack("<B3sB3sII", 0, bytes(3), 0x83, bytes(3), int(sys.argv[2]), int(sys.argv[3]))
+mbr[510:512] = b"\x55\xaa"
+with open(sys.argv[1], "r+b") as f:
+    f.write(mbr)' "$@"
+}
+if truncate -s 16M /tmp/multi-part && mbr_one_partition /tmp/multi-part 2048 24576 &&
+	PART_LOOP=$(losetup -f --show -P /tmp/multi-part); then
+	at_exit "losetup -d $PART_LOOP; rm -f /tmp/multi-part"
+	wait_for "${PART_LOOP}p1" 5 || PART_LOOP=""
+fi
+if [ -n "$PART_LOOP" ]; then
+	tcase "writes through a partition of the snapshotted disk are copied-on-write: image = TAKE data" \
+		stamp run --dev "$PART_LOOP" --via "${PART_LOOP}p1:2048" --storage /dev/ram1:0:32768 \
+		--writers 3 --writes 300 --seconds 8 --max-io 512 --image-writes 4 --zeroout \
+		--check-storage --events --seed 56
+else
+	ktap_fail "writes through a partition of the snapshotted disk are copied-on-write" "no partitioned loop disk"
+fi
 
 # ---- DESTROY while an image is mounted and read
 FS=/mnt/multi-orig
