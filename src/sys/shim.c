@@ -108,8 +108,14 @@ void blksnap_bio_get_info(struct bio *bio, struct blksnap_bio_info *info)
 	info->whole = bdev_whole(bdev);
 	info->dev = bdev->bd_dev;
 	info->whole_dev = info->whole->bd_dev;
-	info->sector = bio->bi_iter.bi_sector;
 	info->start_sect = bdev_is_partition(bdev) ? bdev->bd_start_sect : 0;
+	info->sector = bio->bi_iter.bi_sector;
+	/*
+	 * A remapped bio (the rest of a split one, resubmitted) still names the
+	 * partition but already counts sectors on the whole disk.
+	 */
+	if (bio_flagged(bio, BIO_REMAPPED))
+		info->sector -= info->start_sect;
 	info->sectors = bio_sectors(bio);
 	info->op = bio_op(bio);
 	info->nowait = bio->bi_opf & REQ_NOWAIT;
