@@ -6,7 +6,7 @@
 //! Untracked devices pay one RCU lookup in the tracker index. For a tracked
 //! device, writes, discards and write-zeroes mark change tracking; reads and
 //! flushes pass untouched. A bio sent to a partition of a tracked whole disk
-//! is tracked on the disk. If the device is in a taken snapshot and the bio
+//! is tracked on the disk too. If the device is in a taken snapshot and the bio
 //! changes a chunk whose original data is not stored yet, the bio is held
 //! back and handed to the module's workqueue, which copies the chunk and
 //! then passes the bio on. The filter itself never sleeps, so bios from
@@ -27,11 +27,12 @@ use crate::{
 };
 use kernel::{prelude::*, sync::Arc};
 
-/// A write held back until its chunks are copied.
+/// A write held back until its chunks are copied, with the copy-on-write
+/// states it must go through (its device's, and its whole disk's when both
+/// a partition and the disk are tracked).
 struct Held {
-    area: Arc<DiffArea>,
+    areas: [Option<(Arc<DiffArea>, u64)>; 2],
     bio: Bio,
-    sector: u64,
     sectors: u64,
 }
 
@@ -46,26 +47,35 @@ pub(crate) fn submit(bio: Bio) {
     let sectors = info.sectors();
     let (dev, identity) = info.dev();
     let (whole, whole_identity, whole_sector) = info.whole();
-    let held = match decide_for(dev, identity, info.sector(), sectors) {
-        Some(d) => d,
-        None if whole != dev => decide_for(whole, whole_identity, whole_sector, sectors).flatten(),
-        None => None,
+    let on_dev = decide_for(dev, identity, info.sector(), sectors).flatten();
+    let on_whole = if whole != dev {
+        decide_for(whole, whole_identity, whole_sector, sectors).flatten()
+    } else {
+        None
     };
-    let Some((area, sector)) = held else {
+    if on_dev.is_none() && on_whole.is_none() {
+        bio.pass();
+        return;
+    }
+    let Some(queue) = on_dev
+        .as_ref()
+        .or(on_whole.as_ref())
+        .map(|(area, _)| area.queue().clone())
+    else {
         bio.pass();
         return;
     };
-    let queue = area.queue().clone();
     let held = Held {
-        area,
+        areas: [on_dev, on_whole],
         bio,
-        sector,
         sectors,
     };
     if let Err(held) = work::spawn(queue.queue(), GFP_ATOMIC, held, copy_then_pass) {
         // No memory for the work item: the write must not wait or be
         // lost, so the snapshot pays.
-        held.area.corrupt(ENOMEM);
+        for (area, _) in held.areas.iter().flatten() {
+            area.corrupt(ENOMEM);
+        }
         held.bio.pass();
     }
 }
@@ -95,6 +105,8 @@ fn decide_for(
 /// Work item: copies what the held write needs, then passes it on.
 fn copy_then_pass(held: Held) {
     let _noio = NoIo::enter();
-    held.area.prepare_write(held.sector, held.sectors);
+    for (area, sector) in held.areas.iter().flatten() {
+        area.prepare_write(*sector, held.sectors);
+    }
     held.bio.pass();
 }
