@@ -415,6 +415,20 @@ class Target:
         self.touched.update(range(lba // c, (lba + n - 1) // c + 1))
 
 
+class Write:
+    """One write to an original: its sequence number, writer, target,
+    sectors, and when it started and ended (time.monotonic())."""
+
+    __slots__ = ("seq", "wid", "t", "lba", "n", "t0", "t1")
+
+    def __init__(self, seq, wid, t, lba, n, t0, t1):
+        self.seq, self.wid, self.t, self.lba, self.n, self.t0, self.t1 = \
+            seq, wid, t, lba, n, t0, t1
+
+    def __str__(self):
+        return f"write seq={self.seq} of {self.t.dev.path} LBA {self.lba}+{self.n}"
+
+
 class Run:
     def __init__(self, a):
         self.a = a
@@ -434,6 +448,18 @@ class Run:
         self.ctl = None
         self.sid = None
         self.created = False
+        self.history = []  # every write to an original, as a Write
+
+    def corrupt_error(self, e):
+        """Whether an image I/O error is what a corrupted snapshot gives:
+        EIO; with --corrupt-errno other than ENOSPC (a storage device going
+        away) any error, as I/O in flight then fails as the device does."""
+        if not self.a.overflow:
+            return False
+        if e.errno == errno.EIO or self.a.corrupt_errno != errno.ENOSPC:
+            self.corrupt_seen.set()
+            return True
+        return False
 
     def bump(self, key, n=1):
         with self.stats_lock:
@@ -544,10 +570,15 @@ class Run:
             if a.events:
                 self.ev_thread = threading.Thread(target=self.event_loop, daemon=True)
                 self.ev_thread.start()
+            if a.take_during_writes:
+                return  # go() takes it while the writers run
             self.ctl.take(self.sid)
             log("snapshot taken")
         for t in self.targets:
             t.image_model = bytearray(t.model)
+        self.collect()
+
+    def collect(self):
         imgs = dict(collect_images(self.ctl, self.sid))
         for t in self.targets:
             im = imgs.get(t.dev.devno)
@@ -696,6 +727,7 @@ class Run:
                 fd, base = self.via[0].fd, self.via[1]
             with t.lock.hold(lba, n):
                 seq = next(self.seq)
+                t0 = time.monotonic()
                 try:
                     if op == "write":
                         data = stamps(t.dev.tagb, lba, n, GEN_WRITE, wid, seq)
@@ -710,6 +742,7 @@ class Run:
                     self.stop.set()
                     return
                 t.model[lba * SECTOR:(lba + n) * SECTOR] = data
+                self.history.append(Write(seq, wid, t, lba, n, t0, time.monotonic()))
             self.bump("writes" if op == "write" else op)
             self.bump("sectors", n)
             done += 1
@@ -729,7 +762,7 @@ class Run:
                 try:
                     buf.pwrite(t.image_fd, data, lba)
                 except OSError as e:
-                    if self.a.overflow and e.errno == errno.EIO:
+                    if self.corrupt_error(e):
                         self.corrupt_seen.set()
                         return
                     self.report.fail(f"image write {t.image} LBA {lba}+{n}: {errname(e.errno)}")
@@ -739,7 +772,7 @@ class Run:
                 try:
                     got = buf.pread(t.image_fd, n, lba)
                 except OSError as e:
-                    if self.a.overflow and e.errno == errno.EIO:
+                    if self.corrupt_error(e):
                         self.corrupt_seen.set()
                         return
                     self.report.fail(f"image read-back {t.image} LBA {lba}+{n}: {errname(e.errno)}")
@@ -754,7 +787,7 @@ class Run:
             try:
                 got = buf.pread(t.image_fd, n, lba)
             except OSError as e:
-                if self.a.overflow and e.errno == errno.EIO:
+                if self.corrupt_error(e):
                     self.corrupt_seen.set()
                     return False
                 self.report.fail(f"{what} {t.image} LBA {lba}+{n}: {errname(e.errno)}")
@@ -804,6 +837,82 @@ class Run:
             self.bump("orig_reads")
             if not self.report.compare(f"original {t.dev} (read during writes)", lba, got, exp):
                 return
+
+    def check_point_in_time(self):
+        """For a snapshot taken while the writers ran: every image sector
+        holds the data of the fill or of a write that started before TAKE
+        returned, never older than the last write to it that ended before
+        TAKE began; a write whose sectors are partly in the image and partly
+        not was in flight during TAKE; and no write is in the image while a
+        write that ended before it began is not (one point in time, across
+        every device of the snapshot). The image read here becomes the model
+        the later checks hold it to."""
+        T1, T2 = self.T1, self.T2
+        hist = sorted((w for w in list(self.history) if w.t0 < T2), key=lambda w: w.seq)
+        ins, outs = set(), set()
+        buf = AlignedBuf(2048 * SECTOR)
+        bad = 0
+        for t in self.targets:
+            per = {}
+            for w in hist:
+                if w.t is t:
+                    for sec in range(w.lba, w.lba + w.n):
+                        per.setdefault(sec, []).append(w)
+            img = bytearray(t.dev.sectors * SECTOR)
+            for lba, n in blocks(t.check, 2048):
+                img[lba * SECTOR:(lba + n) * SECTOR] = buf.pread(t.image_fd, n, lba)
+            exp = bytearray(t.fill_model)
+            for sec, ws in per.items():
+                if not any(a <= sec < a + c for a, c in t.check):
+                    continue
+                got = bytes(img[sec * SECTOR:(sec + 1) * SECTOR])
+                lower = -1
+                for i, w in enumerate(ws):
+                    if w.t1 < T1:
+                        lower = i
+                if got == t.fill_model[sec * SECTOR:(sec + 1) * SECTOR]:
+                    f = -1
+                else:
+                    p = parse_stamp(got)
+                    f = None
+                    if p and p[0] == t.dev.tagb and p[1] == sec and p[2] == GEN_WRITE:
+                        for i, w in enumerate(ws):
+                            if w.seq == p[4] and w.wid == p[3]:
+                                f = i
+                        if f is not None and got != bytes(stamps(t.dev.tagb, sec, 1, GEN_WRITE,
+                                                                 p[3], p[4])):
+                            f = None
+                if f is None or f < lower:
+                    bad += 1
+                    if bad <= 5:
+                        why = (f"the last write to it that ended before TAKE began is "
+                               f"{ws[lower]}" if lower >= 0 else "no write to it ended before TAKE")
+                        self.report.fail(f"image {t.image} LBA {sec}: found {describe(got)}, "
+                                         f"which no write that started before TAKE returned "
+                                         f"leaves there, or too old ({why})")
+                    continue
+                exp[sec * SECTOR:(sec + 1) * SECTOR] = got
+                for i, w in enumerate(ws):
+                    (ins if i <= f else outs).add(w)
+            for lba, n in blocks(t.check, 2048):
+                a0, b0 = lba * SECTOR, (lba + n) * SECTOR
+                self.report.compare(f"image {t.image} of {t.dev.path} (taken during writes)",
+                                    lba, bytes(img[a0:b0]), bytes(exp[a0:b0]))
+            t.image_model = img
+        partial = ins & outs
+        flight = [w for w in hist if w.t1 > T1]
+        for w in partial:
+            if not (w.t0 < T2 and w.t1 > T1):
+                self.report.fail(f"{w} (not in flight during TAKE) is only partly in the image")
+        if ins and outs:
+            x = max(ins, key=lambda w: w.t0)
+            y = min(outs, key=lambda w: w.t1)
+            if y.t1 < x.t0:
+                self.report.fail(f"not one point in time: {x} is in the image but {y}, which "
+                                 f"ended {(x.t0 - y.t1) * 1000:.1f} ms before it began, is not")
+        log(f"point in time checked: {len(hist)} writes started before TAKE returned, "
+            f"{len(flight)} of them still running when it began; {len(ins)} in the image, "
+            f"{len(outs - ins)} not, {len(partial)} partly")
 
     # ---- final checks
     def verify_images(self):
@@ -1021,6 +1130,21 @@ class Run:
         deadline = time.monotonic() + a.seconds
         threads = [threading.Thread(target=self.writer, args=(w, deadline), name=f"writer{w}")
                    for w in range(a.writers)]
+        started = []
+        if a.take_during_writes:
+            for t in self.targets:
+                t.fill_model = bytes(t.model)
+            for th in threads:
+                th.start()
+            time.sleep(a.take_during_writes)
+            self.T1 = time.monotonic()
+            self.ctl.take(self.sid)
+            self.T2 = time.monotonic()
+            log(f"snapshot taken while {a.writers} writers run ({len(self.history)} writes "
+                f"done; the ioctl took {(self.T2 - self.T1) * 1000:.1f} ms)")
+            self.collect()
+            self.check_point_in_time()
+            started, threads = threads, []
         readers = [threading.Thread(target=self.image_scanner, name="scanner"),
                    threading.Thread(target=self.image_prober, name="prober"),
                    threading.Thread(target=self.orig_prober, name="orig-prober")]
@@ -1032,7 +1156,7 @@ class Run:
             threading.Thread(target=self.run_at, args=(float(when), cmd), daemon=True).start()
         for th in threads + readers:
             th.start()
-        for th in threads:
+        for th in started + threads:
             th.join()
         self.stop.set()
         for th in readers:
@@ -1090,6 +1214,10 @@ class Run:
 
 
 def cmd_run(a):
+    if a.take_during_writes and (a.attach or a.zeroout or a.discard or a.check_storage
+                                 or a.overflow):
+        raise ValueError("--take-during-writes goes with neither --attach, --zeroout, "
+                         "--discard, --check-storage nor --overflow")
     if a.overflow or a.grow:
         a.events = True
     if a.attach:
@@ -1273,6 +1401,9 @@ def main():
     s.add_argument("--via", metavar="PATH:OFFSET",
                    help="write to the first --dev through PATH (a partition of it, a dm "
                    "device on it) whose sector 0 is its sector OFFSET")
+    s.add_argument("--take-during-writes", type=float, default=0, metavar="SECONDS",
+                   help="start the writers first and TAKE after SECONDS; check that the "
+                   "image is one point in time")
     s.add_argument("--sweep", action="store_true",
                    help="each writer walks once through its share of the regions (every "
                    "chunk gets written) instead of writing at random places")

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Several devices and several snapshots (stamp checks, tests/tools/stamp.py):
-# one snapshot of two ramdisks with the storage of both on one of them;
+# one snapshot of two ramdisks with the storage of both on one of them, and
+# the same taken while both are written (one point in time across both);
 # three snapshots taken and written at the same time on disjoint ramdisks,
-# each keeping its storage on the next one's ramdisk. Snapshots that lose
+# each keeping its storage on the next one's ramdisk; writes that reach the
+# original through a dm-linear device and through a partition. Snapshots that lose
 # their devices: DESTROY while an image is mounted and read (the readers get
 # errors, nothing hangs, the original is intact); a scsi_debug original
 # deleted through sysfs under a taken snapshot with writers and image readers
@@ -22,7 +24,7 @@ tcase() {
 	out=$("$@" 2>&1) && rc=0 || rc=$?
 	if [ "$rc" = 0 ]; then
 		ktap_ok "$desc"
-		sum=$(grep -E 'writers done|chunks written|storage slots|events after|grow loop|image reads|DESTROY|rmmod took|event: code=1' <<<"$out" |
+		sum=$(grep -E 'writers done|chunks written|storage slots|events after|grow loop|image reads|DESTROY|rmmod took|event: code=1|point in time' <<<"$out" |
 			sed -E 's/^\[ *[0-9.]+\] //' | head -n 8)
 		[ -z "$sum" ] || ktap_diag "$sum"
 	else
@@ -32,7 +34,7 @@ tcase() {
 	ktap_diag "($((SECONDS - t)) s)"
 }
 
-ktap_plan 10
+ktap_plan 11
 
 if [ ! -f "$BLKSNAP_KO" ]; then
 	ktap_diag "$BLKSNAP_KO is missing (the module did not build)"
@@ -63,8 +65,16 @@ mkdir -p $MNT
 # 0+8192; at most 16 + 16 chunks written and 12 by image writes.
 tcase "one snapshot of ram0 and ram1, storage of both on ram1: both images = TAKE data" \
 	stamp run --dev /dev/ram0 --dev /dev/ram1 --storage /dev/ram1:8192:24576 \
-	--region /dev/ram0:0:8192 --region /dev/ram1:0:8192 --writers 4 --writes 300 --seconds 10 \
+	--region /dev/ram0:0:8192 --region /dev/ram1:0:8192 --writers 4 --writes 300 --seconds 7 \
 	--image-writes 6 --zeroout --discard --check-storage --events --seed 51
+
+# The same two devices, the snapshot taken while the writers run: each image
+# sector holds data some write allowed at TAKE, and no write is in an image
+# while a write (to either device) that ended before it began is not.
+tcase "snapshot of ram0 and ram1 taken while both are written: one point in time across both" \
+	stamp run --dev /dev/ram0 --dev /dev/ram1 --storage /dev/ram1:8192:24576 \
+	--storage /dev/ram6:0:32768 --region /dev/ram0:0:8192 --region /dev/ram1:0:8192 --writers 4 \
+	--writes 300 --seconds 8 --take-during-writes 2 --image-writes 4 --events --seed 52
 
 # ---- three snapshots at once, each with its storage on another's device
 # On each of ram2..ram4: writers in 0+12288 (24 chunks), untouched
@@ -76,7 +86,7 @@ concurrent() {
 		dev=/dev/ram$i next=/dev/ram$((i == 4 ? 2 : i + 1))
 		stamp run --no-fill --no-storage-fill --dev $dev --storage "$next:16384:16384" \
 			--exclude "$dev:16384:16384" --region "$dev:0:12288" --max-io 512 \
-			--writers 3 --writes 200 --seconds 10 --image-writes 2 --zeroout --discard \
+			--writers 3 --writes 200 --seconds 7 --image-writes 2 --zeroout --discard \
 			--check-storage --events --seed $((60 + i)) >/tmp/multi-run$i 2>&1 &
 		pids+=($!)
 	done
@@ -262,8 +272,9 @@ sd_original_deleted() {
 	$CLI snapshot_appendstorage -i "$id" -d /dev/ram6 --range 0:32768 && $CLI snapshot_take -i "$id" ||
 		{ echo "append/take failed"; return 1; }
 	img=$(kv image "$($CLI snapshot_collect -i "$id")")
-	(while dd if=/dev/urandom of="/dev/$d" bs=64k count=4 seek=$((RANDOM % 250)) oflag=direct \
-		conv=notrunc status=none 2>/dev/null; do :; done) &
+	# (Only while the node is a block device: dd would create a file.)
+	(while [ -b "/dev/$d" ] && dd if=/dev/urandom of="/dev/$d" bs=64k count=4 seek=$((RANDOM % 250)) \
+		oflag=direct conv=notrunc status=none 2>/dev/null; do :; done) &
 	w=$!
 	rm -f /tmp/multi-stop
 	"${STAMP[@]}" read-loop "$img" --seconds 120 --stop-file /tmp/multi-stop >/tmp/multi-sdr 2>&1 &
