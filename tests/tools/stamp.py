@@ -68,6 +68,9 @@ HDR_LEN = HDR.size  # 48
 FILLER = bytes((i * 37 + 11) & 0xFF for i in range(SECTOR - HDR_LEN - CRC.size))
 TEMPLATE = bytes(HDR_LEN) + FILLER + bytes(CRC.size)
 ZERO_SECTOR = bytes(SECTOR)
+# Read buffers are filled with this before each read, so that a read that
+# claims success without transferring data shows up as such.
+POISON_SECTOR = b"BSPOISON" * (SECTOR // 8)
 
 GEN_FILL = 0
 GEN_WRITE = 1
@@ -106,6 +109,8 @@ def describe(sec):
     sec = bytes(sec)
     if sec == ZERO_SECTOR:
         return "[zeroes]"
+    if sec == POISON_SECTOR:
+        return "[untouched read buffer: the read reported success without data]"
     if sec[:8] != MAGIC:
         return f"[not a stamp: {sec[:24].hex()}...]"
     _, tag, lba, gen, wid, seq = HDR.unpack_from(sec)
@@ -190,9 +195,11 @@ class AlignedBuf:
         self.size = (size + 4095) & ~4095
         self.m = mmap.mmap(-1, self.size)
         self.mv = memoryview(self.m)
+        self.poison = POISON_SECTOR * (self.size // SECTOR)
 
     def pread(self, fd, sectors, lba):
         n = sectors * SECTOR
+        self.mv[:n] = self.poison[:n]
         got = os.preadv(fd, [self.mv[:n]], lba * SECTOR)
         return bytes(self.mv[:got])
 
