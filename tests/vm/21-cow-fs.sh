@@ -20,7 +20,7 @@ tcase() {
 	out=$("$@" 2>&1) && rc=0 || rc=$?
 	if [ "$rc" = 0 ]; then
 		ktap_ok "$desc"
-		sum=$(grep -E 'writers done|chunks written|storage slots|events after|grow loop|image reads|DESTROY|rmmod took|event: code=1' <<<"$out" |
+		sum=$(grep -E 'writers done|chunks written|storage slots|events after|grow loop|image reads|DESTROY|rmmod took|event: code=1|point in time' <<<"$out" |
 			sed -E 's/^\[ *[0-9.]+\] //' | head -n 8)
 		[ -z "$sum" ] || ktap_diag "$sum"
 	else
