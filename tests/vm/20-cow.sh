@@ -9,7 +9,8 @@
 # ranges, each written chunk sits in exactly one storage slot. Image writes
 # are read back and never reach the original. With the default chunk size
 # and with small chunks (chunk_minimum_shift=12 and 16, and a chunk count
-# limit that doubles the chunk size).
+# limit that doubles the chunk size), and on a device whose last chunk is a
+# single sector.
 # shellcheck source-path=SCRIPTDIR disable=SC2015,SC2119 # "test && test || fail" is meant
 source "$(dirname "$0")/../cbt-lib.sh"
 require_vm
@@ -33,7 +34,7 @@ tcase() {
 	ktap_diag "($((SECONDS - t)) s)"
 }
 
-ktap_plan 8
+ktap_plan 9
 
 if [ ! -f "$BLKSNAP_KO" ]; then
 	ktap_diag "$BLKSNAP_KO is missing (the module did not build)"
@@ -116,6 +117,20 @@ image_writes() {
 }
 tcase "image writes (CLI-driven snapshot): read back equal, original unchanged, rest of image unchanged" \
 	image_writes
+
+# ---- a device whose size is neither a chunk nor a page multiple: 16 MiB
+# and one sector (a loop device); its last chunk is one sector long.
+odd_size() {
+	local f=/tmp/cow-odd l rc
+	truncate -s $((16 * 1024 * 1024 + 512)) $f && l=$(losetup -f --show $f) || { echo "losetup failed"; return 1; }
+	wait_for "$l" 5
+	stamp run --dev "$l" --storage /dev/ram1:0:65536 --region "$l:30720:2049" --writers 3 --writes 150 \
+		--seconds 6 --image-writes 10 --zeroout --check-storage --events --seed 19 && rc=0 || rc=$?
+	losetup -d "$l"
+	rm -f $f
+	return $rc
+}
+tcase "a device of 16 MiB and one sector (a one-sector last chunk): image = TAKE data, slots right" odd_size
 
 # ---- small chunks
 for shift in 12 16; do
