@@ -26,8 +26,9 @@ mkdir -p "$BLKSNAP_CACHE"
 exec 9>"$BLKSNAP_CACHE/.lock-$variant-$key"
 flock 9
 
-if [ ! -e "$stamp" ]; then
-	log "building the $variant test kernel $version in $tree (takes a while once)"
+configured="$tree/.blksnap-configured"
+if [ ! -e "$stamp" ] && [ ! -e "$configured" ]; then
+	log "configuring the $variant test kernel $version in $tree"
 	rm -rf "$tree" "$tree.tmp"
 	mkdir -p "$tree.tmp"
 	tar -xf "$tarball" -C "$tree.tmp" --strip-components=1
@@ -45,6 +46,15 @@ if [ ! -e "$stamp" ]; then
 			done
 		done
 		make $(kmake_args) rustavailable >/dev/null
+	) || die "kernel configuration failed in $tree"
+	touch "$configured"
+fi
+if [ ! -e "$stamp" ]; then
+	# An interrupted build resumes here: make picks up where it stopped.
+	log "building the $variant test kernel $version in $tree (takes a while once)"
+	# shellcheck disable=SC2046
+	(
+		cd "$tree"
 		make $(kmake_args) -j"$(($(nproc) + 1))" bzImage modules >build.log 2>&1 ||
 			{ tail -n 40 build.log >&2; exit 1; }
 		make $(kmake_args) INSTALL_MOD_PATH="$tree/modroot" modules_install >/dev/null
