@@ -75,6 +75,23 @@ for script in "${scripts[@]}"; do
 		extra+=("left the blksnap module loaded")
 		rmmod blksnap 2>/dev/null
 	fi
+	# Whatever a failed script left behind must not fail the next ones.
+	mounted=$(awk '$1 ~ "^/dev/(ram|loop|mapper/|dm-|blksnap-image)" {print $2}' /proc/mounts | tac)
+	if [ -n "$mounted" ]; then
+		extra+=("left filesystems mounted: $(echo $mounted)")
+		for m in $mounted; do umount -l "$m"; done
+	fi
+	if [ -n "$(dmsetup ls 2>/dev/null | grep -v '^No devices')" ]; then
+		extra+=("left device-mapper devices: $(dmsetup ls | tr '\n' ' ')")
+		dmsetup remove_all --force >/dev/null 2>&1
+	fi
+	if [ -n "$(losetup -n -O NAME 2>/dev/null)" ]; then
+		extra+=("left loop devices: $(losetup -n -O NAME | tr '\n' ' ')")
+		losetup -D
+	fi
+	if [ -e /sys/module/brd ] && ! rmmod brd 2>/dev/null; then
+		extra+=("left brd in use")
+	fi
 	rm -f "$log"
 
 	for e in "${extra[@]}"; do
