@@ -174,6 +174,9 @@ cmdline=(
 	# RCU stall reports before a minute.
 	rcupdate.rcu_cpu_stall_timeout=60
 	mitigations=off
+	# -cpu max offers 5-level paging; KASAN's early shadow under it reports
+	# a wild access in the first interrupts at boot. 4 levels are plenty.
+	no5lvl
 )
 [ "$BLKSNAP_DEBUG" = 1 ] && cmdline+=(kasan.fault=report)
 
