@@ -6,47 +6,158 @@
 #
 # On the host: installs missing packages, builds or reuses the test kernel,
 # builds blksnap.ko and the blksnap CLI. In the VM (this same script with
-# --guest): loads the module, shows the control device and the module
-# parameters, asks the module for its version through the CLI, unloads it.
+# --guest), the story of a backup agent's day: ext4 on a ramdisk with data,
+# a snapshot taken while an application writes, a full backup from the
+# snapshot image, some files changed, a second snapshot and an incremental
+# backup of only the blocks the change tracking marks, then the chain
+# restored and proven (checksums, fsck, file checksums) to equal the disk at
+# the second snapshot. Exits non-zero if any step fails.
 # shellcheck source-path=SCRIPTDIR
 source "$(dirname "$0")/common.sh"
 
 say() { printf '\n== %s\n' "$*"; }
+note() { printf '   %s\n' "$*"; }
 show() {
 	printf '$ %s\n' "$*"
 	"$@"
 }
+# The value of KEY in key=value output $2 (the first record that has it).
+val() { sed -n "s/^$1=//p" <<<"$2" | head -n1; }
+mib() { echo "$(($1 >> 20)) MiB"; }
+
+# A writer that keeps changing the file system: appends to a log and
+# rewrites one of the files, until /tmp/demo-stop appears.
+writer() {
+	local i=0
+	rm -f /tmp/demo-stop
+	while [ ! -e /tmp/demo-stop ]; do
+		i=$((i + 1))
+		echo "write $i at $(date +%T.%N)" >>"$MNT/app.log"
+		dd if=/dev/urandom of="$MNT/files/f$((i % 32))" bs=64K count=1 seek=$((i % 16)) \
+			conv=notrunc status=none
+		sync "$MNT/app.log"
+	done
+	echo "$i"
+}
+
+# Makes a snapshot of $DISK with difference storage on $STORE and takes it;
+# sets SID and IMG.
+snapshot() {
+	local out
+	out=$(show "$CLI" snapshot_create -d "$DISK") || return 1
+	echo "$out"
+	SID=$(val id "$out")
+	show "$CLI" snapshot_appendstorage -i "$SID" -d "$STORE" -r "0:$((STORE_MIB * 2048))" || return 1
+	show "$CLI" snapshot_take -i "$SID" || return 1
+	out=$(show "$CLI" snapshot_collect -i "$SID") || return 1
+	echo "$out"
+	IMG=$(val image "$out")
+	for _ in 1 2 3 4 5 6 7 8 9 10; do [ -b "$IMG" ] && break; sleep 0.5; done
+	[ -b "$IMG" ]
+}
 
 guest() {
-	local ko=$BLKSNAP_ROOT/blksnap.ko cli=$BLKSNAP_ROOT/target/release/blksnap p
-	say "Inside the VM: Linux $(uname -r), $(nproc) CPUs, root file system shared from the host"
+	local ko=$BLKSNAP_ROOT/blksnap.ko out sum2 sum_restored n seq full incr
+	CLI=$BLKSNAP_ROOT/target/release/blksnap
+	DISK=/dev/ram0 STORE=/dev/ram1 MNT=/mnt/data DISK_MIB=128 STORE_MIB=128
+	local backups=/tmp/backups restored=/tmp/restored.img
+	say "Inside the VM: Linux $(uname -r), $(nproc) CPUs"
+	[ -x "$CLI" ] || { echo "the CLI is not built ($CLI)"; return 1; }
 
-	say "Loading the module"
-	show insmod "$ko"
-	show lsmod
+	say "1. Loading the module"
+	show insmod "$ko" || return 1
 	show ls -l /dev/blksnap
-	echo "($(cat /sys/class/misc/blksnap/dev 2>/dev/null || echo '?'): a misc device; only root may open it)"
-
-	say "Module parameters (modinfo, then the values in /sys/module/blksnap/parameters)"
-	show modinfo -F parm "$ko"
+	show "$CLI" version
 	for p in /sys/module/blksnap/parameters/*; do
-		printf '  %-30s %s\n' "$(basename "$p")" "$(cat "$p")"
+		printf '   %-30s %s\n' "$(basename "$p")" "$(cat "$p")"
 	done
 
-	say "Asking the module for its version through the blksnap CLI"
-	if [ -x "$cli" ]; then
-		show "$cli" version
-	else
-		echo "the CLI is not built ($cli)"
-		false
+	say "2. A disk with a file system and some data"
+	show modprobe brd rd_nr=2 rd_size=$((DISK_MIB * 1024)) max_part=0 || return 1
+	note "$DISK ($DISK_MIB MiB) is the disk to protect; $STORE holds the snapshots' difference storage"
+	show mkfs.ext4 -q -F -b 4096 "$DISK" || return 1
+	mkdir -p "$MNT" && show mount "$DISK" "$MNT" || return 1
+	mkdir -p "$MNT/files"
+	for n in $(seq 0 31); do
+		dd if=/dev/urandom of="$MNT/files/f$n" bs=1M count=1 status=none
+	done
+	cp -r /usr/share/doc/bash "$MNT/docs" 2>/dev/null || mkdir -p "$MNT/docs"
+	sync
+	show df -h "$MNT"
+
+	say "3. First snapshot, taken while an application keeps writing"
+	writer >/tmp/demo-writes &
+	local wpid=$!
+	sleep 1
+	snapshot || return 1
+	note "the snapshot image $IMG is $DISK frozen at the moment of the take"
+	note "(the file system was frozen for the take, so the image is consistent)"
+
+	say "4. Full backup from the snapshot image, while the application still writes"
+	show "$CLI" backup --snapshot "$SID" --dir "$backups" --no-progress | tee /tmp/demo-b1 || return 1
+	full=$(val bytes "$(cat /tmp/demo-b1)")
+	touch /tmp/demo-stop
+	wait "$wpid"
+	note "the application wrote $(cat /tmp/demo-writes) times during the snapshot and the backup;"
+	note "none of that is in the backup: it copied the image, not the live disk"
+	show "$CLI" snapshot_destroy -i "$SID" || return 1
+
+	say "5. Changing some files"
+	show dd if=/dev/urandom of="$MNT/files/f3" bs=4K count=8 seek=40 conv=notrunc status=none
+	show dd if=/dev/urandom of="$MNT/files/f17" bs=1M count=1 conv=notrunc status=none
+	show rm "$MNT/files/f30"
+	show cp "$MNT/files/f1" "$MNT/files/new"
+	sync
+	(cd "$MNT" && find . -type f ! -name app.log -print0 | sort -z | xargs -0 sha256sum) >/tmp/demo-manifest
+	note "$(wc -l </tmp/demo-manifest) files, checksums noted"
+
+	say "6. Second snapshot, then an incremental backup (the application writes again)"
+	snapshot || return 1
+	out=$(sha256sum <"$IMG")
+	sum2=${out%% *}
+	note "sha256 of the image (= $DISK at the second snapshot): $sum2"
+	writer >/tmp/demo-writes &
+	wpid=$!
+	show "$CLI" backup --snapshot "$SID" --dir "$backups" --no-progress | tee /tmp/demo-b2 || return 1
+	incr=$(val bytes "$(cat /tmp/demo-b2)")
+	touch /tmp/demo-stop
+	wait "$wpid"
+	show "$CLI" snapshot_destroy -i "$SID" || return 1
+	note "$DISK has moved on: the application wrote $(cat /tmp/demo-writes) more times"
+
+	say "7. Restoring the chain (full + incremental) and proving it"
+	show "$CLI" restore --dir "$backups" --output "$restored" --no-progress || return 1
+	out=$(sha256sum <"$restored")
+	sum_restored=${out%% *}
+	note "sha256 of the restored image: $sum_restored"
+	if [ "$sum_restored" != "$sum2" ]; then
+		echo "MISMATCH: the restored image differs from the disk at the second snapshot"
+		return 1
 	fi
+	note "equal to the disk at the second snapshot"
+	show "$CLI" verify --dir "$backups" --image "$restored" --no-progress || return 1
+	show fsck.ext4 -f -n "$restored" || return 1
+	mkdir -p /mnt/restored && show mount -o loop,ro "$restored" /mnt/restored || return 1
+	(cd /mnt/restored && sha256sum --quiet -c /tmp/demo-manifest) || { echo "file checksums differ"; return 1; }
+	note "every file in the restored file system has the checksum it had when the second snapshot was taken"
+	umount /mnt/restored
 
-	say "Unloading the module"
-	show rmmod blksnap
+	say "8. What the incremental backup cost"
+	n=$(val blocks_total "$(cat /tmp/demo-b2)")
+	seq=$(val blocks_copied "$(cat /tmp/demo-b2)")
+	printf '   %-22s %12s %14s\n' backup copied "blocks copied"
+	printf '   %-22s %12s %14s\n' "1: full" "$(mib "$full")" "$(val blocks_copied "$(cat /tmp/demo-b1)") of $n"
+	printf '   %-22s %12s %14s\n' "2: incremental" "$(mib "$incr")" "$seq of $n"
+	note "the change tracking map let the incremental copy $((incr * 100 / full))% of what the full one did"
+	note "(the files changed in step 5, what the application wrote after the first take, file system metadata)"
+
+	say "9. Cleaning up and unloading"
+	umount "$MNT"
+	show rmmod blksnap || return 1
+	rmmod brd
 	[ ! -e /dev/blksnap ] && echo "/dev/blksnap is gone"
-
 	say "What the module wrote to the kernel log"
-	dmesg | grep -i blksnap | grep -v 'stack depth' || echo "(nothing)"
+	dmesg | grep 'blksnap:' || echo "(nothing)"
 }
 
 if [ "${1:-}" = --guest ]; then
