@@ -499,9 +499,13 @@ impl DiffArea {
     }
 
     /// Reads an uncopied chunk from the original; the caller counted this
-    /// read in the chunk's readers, which a write waits for.
+    /// read in the chunk's readers, which a write waits for. Writes stop
+    /// waiting once the snapshot is corrupted or destroyed, so a read that
+    /// ends after that may have seen new data: it fails instead.
     fn read_original(&self, bio: &Bio, c: u64, sector: u64) -> Result {
-        let result = bio.redirect_wait(self.tracker.bdev(), sector);
+        let result = bio
+            .redirect_wait(self.tracker.bdev(), sector)
+            .and_then(|()| if self.usable() { Ok(()) } else { Err(EIO) });
         let mut chunks = self.chunks.lock();
         if let Some(ch) = chunks.get_mut(&c) {
             ch.readers = ch.readers.saturating_sub(1);
