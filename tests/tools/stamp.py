@@ -1218,13 +1218,17 @@ class Run:
         if a.image_writes:
             threads.append(threading.Thread(target=self.image_writer, args=(a.image_writes,),
                                             name="image-writer"))
+        at = None
         if a.at:
             when, _, cmd = a.at.partition(":")
-            threading.Thread(target=self.run_at, args=(float(when), cmd), daemon=True).start()
+            at = threading.Thread(target=self.run_at, args=(float(when), cmd), daemon=True)
+            at.start()
         for th in threads + readers:
             th.start()
         for th in started + threads:
             th.join()
+        if at:
+            at.join()  # the final checks come after the command (e.g. faults off)
         self.stop.set()
         for th in readers:
             th.join()
@@ -1499,7 +1503,8 @@ def main():
                    help="do not fill or check separate storage devices")
     s.add_argument("--events", action="store_true", help="watch events (no corrupted one)")
     s.add_argument("--at", metavar="SECONDS:CMD",
-                   help="run the shell command CMD SECONDS after the writers start")
+                   help="run the shell command CMD SECONDS after the writers start (the final "
+                   "checks wait for it to finish)")
     s.add_argument("--keep", action="store_true", help="do not destroy the snapshot")
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--timeout", type=float, default=170,

@@ -19,7 +19,7 @@
 #     kworkers, sleeping allocations included, a bounded number of failures):
 #     the copy-on-write worker's allocations fail: corrupted, ENOMEM.
 #   - failslab on the ioctl paths (tests/tools/ioctl_faults.py marks itself):
-#     snapshot lifecycles with 10% of its allocations failing give only
+#     snapshot lifecycles with 5% of its allocations failing give only
 #     clean errnos (ENOMEM) and leave nothing behind.
 # Then a healthy snapshot (exact stamp check), rmmod, and a kmemleak scan
 # that must find nothing.
@@ -72,7 +72,7 @@ faults_off() {
 	local f
 	echo 0 >$FSL/probability
 	echo 0 >$FMR/probability
-	for f in /sys/block/ram*/make-it-fail; do echo 0 >"$f"; done
+	for f in /sys/block/ram*/make-it-fail; do [ -e "$f" ] && echo 0 >"$f"; done
 	for f in /proc/[0-9]*/make-it-fail; do echo 0 >"$f"; done 2>/dev/null
 	return 0
 }
@@ -99,10 +99,12 @@ fi
 STAMP=("${PYTHON_FAST[@]}" "$TESTS_DIR/tools/stamp.py")
 stamp() { "${STAMP[@]}" "$@"; }
 RUN=(--dev /dev/ram0 --storage /dev/ram1:0:32768 --overflow --writers 3 --writes 100000
-	--seconds 8 --image-writes 20)
+	--seconds 15 --image-writes 20)
 
-# The shell command (for stamp.py --at) that makes every request to /dev/DEV
-# fail for SECONDS.
+# The shell command (for stamp.py --at, which starts it 0 s after the writers
+# and waits for it before the final checks) that makes every request to
+# /dev/DEV fail for SECONDS. (Starting it takes seconds under TCG: the
+# writers run 15 s.)
 fmr_window() {
 	echo "echo 100 >$FMR/probability; echo 1 >/sys/block/$1/make-it-fail; sleep $2;" \
 		"echo 0 >/sys/block/$1/make-it-fail; echo 0 >$FMR/probability"
@@ -110,10 +112,10 @@ fmr_window() {
 
 # ---- fail_make_request
 tcase "I/O errors on the storage device during COW: corrupted (EIO), originals exact, image I/O EIO" \
-	stamp run "${RUN[@]}" --corrupt-errno 5 --at "1:$(fmr_window ram1 2)" --seed 51
+	stamp run "${RUN[@]}" --corrupt-errno 5 --at "0:$(fmr_window ram1 3)" --seed 51
 
 tcase "I/O errors on the original device during COW: corrupted (EIO), originals exact (failed writes settled)" \
-	stamp run "${RUN[@]}" --corrupt-errno 5 --io-errors --at "1:$(fmr_window ram0 2)" --seed 52
+	stamp run "${RUN[@]}" --corrupt-errno 5 --io-errors --at "0:$(fmr_window ram0 3)" --seed 52
 
 # ---- failslab on the copy-on-write path
 # The writers' tasks (stamp.py's threads: the parent of the --at shell),
@@ -123,18 +125,28 @@ echo Y >$FSL/ignore-gfp-wait
 echo 1 >$FSL/interval
 echo -1 >$FSL/times
 WIN_ATOMIC="for t in /proc/\$PPID/task/*; do echo 1 >\$t/make-it-fail; done; echo 100 >$FSL/probability;"
-WIN_ATOMIC+=" sleep 2; echo 0 >$FSL/probability; for t in /proc/\$PPID/task/*; do echo 0 >\$t/make-it-fail; done"
+WIN_ATOMIC+=" sleep 3; echo 0 >$FSL/probability; for t in /proc/\$PPID/task/*; do echo 0 >\$t/make-it-fail; done"
 tcase "failslab on the writers' atomic allocations (the COW work item): corrupted (ENOMEM), originals exact" \
-	stamp run "${RUN[@]}" --corrupt-errno 12 --io-errors --at "1:$WIN_ATOMIC" --seed 53
+	stamp run "${RUN[@]}" --corrupt-errno 12 --io-errors --at "0:$WIN_ATOMIC" --seed 53
 
-# Every kworker, sleeping allocations included, at most 40 failures.
-WIN_WORKERS="for p in /proc/[0-9]*; do case \$(cat \$p/comm 2>/dev/null) in kworker*) echo 1 >\$p/make-it-fail;; esac; done 2>/dev/null;"
-WIN_WORKERS+=" echo N >$FSL/ignore-gfp-wait; echo 40 >$FSL/times; echo 100 >$FSL/probability; sleep 2;"
-WIN_WORKERS+=" echo 0 >$FSL/probability; echo Y >$FSL/ignore-gfp-wait; echo -1 >$FSL/times;"
-WIN_WORKERS+=" for p in /proc/[0-9]*; do echo 0 >\$p/make-it-fail; done 2>/dev/null; true"
+# Every kworker (marked now; the window only sets the probability), sleeping
+# allocations included, at most 40 failures.
+mark_kworkers() {
+	local p comm
+	for p in /proc/[0-9]*; do
+		read -r comm <"$p/comm" || continue
+		case $comm in kworker*) echo 1 >"$p/make-it-fail" ;; esac
+	done 2>/dev/null
+	echo N >$FSL/ignore-gfp-wait
+	echo 40 >$FSL/times
+}
+mark_kworkers
 tcase "failslab on the kernel workers (the COW worker's allocations): corrupted (ENOMEM), originals exact" \
-	stamp run "${RUN[@]}" --corrupt-errno 12 --io-errors --at "1:$WIN_WORKERS" --seed 54
+	stamp run "${RUN[@]}" --corrupt-errno 12 --io-errors \
+	--at "0:echo 100 >$FSL/probability; sleep 3; echo 0 >$FSL/probability" --seed 54
 faults_off
+echo Y >$FSL/ignore-gfp-wait
+echo -1 >$FSL/times
 
 # ---- failslab on the ioctl paths
 ioctl_loop() {
@@ -144,7 +156,7 @@ ioctl_loop() {
 	echo 1 >$FSL/interval
 	echo -1 >$FSL/times
 	echo 0 >$FSL/verbose
-	echo 10 >$FSL/probability
+	echo 5 >$FSL/probability
 	"${PYTHON_FAST[@]}" "$TESTS_DIR/tools/ioctl_faults.py" --dev /dev/ram2 --dev /dev/ram3 \
 		--storage /dev/ram1:0:32768 --iterations "${BLKSNAP_FAULT_ITERATIONS:-150}" --seed 55 &&
 		rc=0 || rc=$?
@@ -153,7 +165,7 @@ ioctl_loop() {
 	echo 1 >$FSL/verbose
 	return $rc
 }
-tcase "failslab (10%) on the ioctl paths: lifecycles give only clean errnos (ENOMEM), nothing left behind" \
+tcase "failslab (5%) on the ioctl paths: lifecycles give only clean errnos (ENOMEM), nothing left behind" \
 	ioctl_loop
 
 # ---- afterwards
