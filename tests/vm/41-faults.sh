@@ -170,7 +170,7 @@ tcase "failslab (5%) on the ioctl paths: lifecycles give only clean errnos (ENOM
 
 # ---- afterwards
 tcase "after the faults a new snapshot is healthy: image = TAKE data, storage slots right, no event" \
-	stamp run --dev /dev/ram0 --storage /dev/ram1:0:32768 --writers 3 --writes 300 --seconds 6 \
+	stamp run --dev /dev/ram0 --storage /dev/ram1:0:32768 --writers 3 --writes 300 --seconds 4 \
 	--image-writes 20 --check-storage --events --seed 56
 
 blksnap_clear
