@@ -10,7 +10,10 @@ sizes and offsets, many of them on or across chunk boundaries), and requires:
   * every image sector to hold exactly the stamp its original had at TAKE,
     while the writers run and after they stop (O_DIRECT reads);
   * every original sector to hold exactly the newest stamp written to it
-    (tracked in memory);
+    (tracked in memory); with --io-errors (faults injected on the originals)
+    a write that fails leaves each of its sectors holding either what it
+    held before or what the write carried, and the first read of such a
+    sector settles which (after that the model is exact again);
   * difference storage never to spill outside its ranges, and (with
     --check-storage) the storage ranges to hold only copies of data that was
     on an original at TAKE (or image writes), never writer data.
@@ -416,6 +419,41 @@ class Target:
         self.image = None
         self.image_fd = -1
         self.touched = set()  # chunks written (original or image) after TAKE
+        # --io-errors: sector -> contents a failed write may have left there
+        # besides the model's (each sector is the model's or one of these).
+        self.alt = {}
+        self.alt_lock = threading.Lock()
+
+    def forget_alt(self, lba, n):
+        """A write to lba+n succeeded: those sectors are exact again."""
+        if self.alt:
+            with self.alt_lock:
+                for sec in range(lba, lba + n):
+                    self.alt.pop(sec, None)
+
+    def add_alt(self, lba, data):
+        """A write of data at lba failed: each sector may or may not hold it."""
+        with self.alt_lock:
+            for i in range(len(data) // SECTOR):
+                self.alt.setdefault(lba + i, []).append(bytes(data[i * SECTOR:(i + 1) * SECTOR]))
+
+    def settle(self, lba, got):
+        """Sectors read at lba (under the original's range lock) that hold
+        what a failed write may have left there become the model; returns
+        the expected data for the comparison."""
+        exp = self.model[lba * SECTOR:lba * SECTOR + len(got)]
+        if not self.alt:
+            return exp
+        with self.alt_lock:
+            for i in range(len(got) // SECTOR):
+                sec = lba + i
+                if sec not in self.alt:
+                    continue
+                g = bytes(got[i * SECTOR:(i + 1) * SECTOR])
+                if g == exp[i * SECTOR:(i + 1) * SECTOR] or g in self.alt[sec]:
+                    self.model[sec * SECTOR:(sec + 1) * SECTOR] = g
+                    del self.alt[sec]
+        return self.model[lba * SECTOR:lba * SECTOR + len(got)]
 
     def touch(self, lba, n):
         c = self.dev.chunk
@@ -449,7 +487,7 @@ class Run:
         self.ev_stop = threading.Event()
         self.stats = {"writes": 0, "zeroout": 0, "discard": 0, "straddle": 0, "on_boundary": 0,
                       "sectors": 0, "image_writes": 0, "image_reads": 0, "image_passes": 0,
-                      "orig_reads": 0}
+                      "orig_reads": 0, "failed_writes": 0, "failed_orig_reads": 0}
         self.stats_lock = threading.Lock()
         self.appended = {}  # storage dev path -> [(s, c)]
         self.ctl = None
@@ -609,6 +647,9 @@ class Run:
                 except OSError as e:
                     if e.errno in (errno.ENOENT, errno.EINTR):
                         continue
+                    if e.errno == errno.ENOMEM and self.a.io_errors:
+                        time.sleep(0.01)  # an injected allocation failure
+                        continue
                     if e.errno != errno.ESRCH or not self.ev_stop.is_set():
                         log(f"WAIT_EVENT: {errname(e.errno)}")
                     return
@@ -744,10 +785,22 @@ class Run:
                                     struct.pack("QQ", (lba - base) * SECTOR, n * SECTOR))
                         data = bytes(n * SECTOR)
                 except OSError as e:
+                    if a.io_errors:
+                        # Injected fault: each sector is old or new now.
+                        if op != "write":
+                            data = bytes(n * SECTOR)
+                        t.add_alt(lba, data)
+                        self.bump("failed_writes")
+                        if self.stats["failed_writes"] <= 3:
+                            log(f"{op} of {t.dev} LBA {lba}+{n} failed: {errname(e.errno)} "
+                                f"(faults injected: its sectors are old or new now)")
+                        done += 1
+                        continue
                     self.report.fail(f"{op} of {t.dev} LBA {lba}+{n} failed: {errname(e.errno)} "
                                      f"(the original must keep working)")
                     self.stop.set()
                     return
+                t.forget_alt(lba, n)
                 t.model[lba * SECTOR:(lba + n) * SECTOR] = data
                 self.history.append(Write(seq, wid, t, lba, n, t0, time.monotonic()))
             self.bump("writes" if op == "write" else op)
@@ -838,9 +891,13 @@ class Run:
                 try:
                     got = buf.pread(t.dev.fd, n, lba)
                 except OSError as e:
+                    if self.a.io_errors:
+                        self.bump("failed_orig_reads")
+                        time.sleep(0.01)
+                        continue
                     self.report.fail(f"read of {t.dev} LBA {lba}+{n}: {errname(e.errno)}")
                     return
-                exp = t.model[lba * SECTOR:(lba + n) * SECTOR]
+                exp = t.settle(lba, got)
             self.bump("orig_reads")
             if not self.report.compare(f"original {t.dev} (read during writes)", lba, got, exp):
                 return
@@ -940,9 +997,12 @@ class Run:
                 except OSError as e:
                     self.report.fail(f"read of {t.dev} LBA {lba}+{n}: {errname(e.errno)}")
                     break
-                self.report.compare(f"original {t.dev} (final)", lba, got,
-                                    t.model[lba * SECTOR:(lba + n) * SECTOR])
+                self.report.compare(f"original {t.dev} (final)", lba, got, t.settle(lba, got))
         log("originals checked")
+        if self.a.io_errors:
+            left = sum(len(t.alt) for t in self.targets)
+            log(f"original sectors written by failed writes: all settled"
+                f"{f' ({left} not)' if left else ''}")
 
     def verify_storage_devs(self):
         """Separate storage devices: nothing outside the appended ranges changed."""
@@ -1158,13 +1218,17 @@ class Run:
         if a.image_writes:
             threads.append(threading.Thread(target=self.image_writer, args=(a.image_writes,),
                                             name="image-writer"))
+        at = None
         if a.at:
             when, _, cmd = a.at.partition(":")
-            threading.Thread(target=self.run_at, args=(float(when), cmd), daemon=True).start()
+            at = threading.Thread(target=self.run_at, args=(float(when), cmd), daemon=True)
+            at.start()
         for th in threads + readers:
             th.start()
         for th in started + threads:
             th.join()
+        if at:
+            at.join()  # the final checks come after the command (e.g. faults off)
         self.stop.set()
         for th in readers:
             th.join()
@@ -1173,6 +1237,9 @@ class Run:
             f"{s['sectors']} sectors, {s['straddle']} across and {s['on_boundary']} on chunk "
             f"boundaries; {s['image_writes']} image writes, {s['image_reads']} image reads "
             f"({s['image_passes']} full passes), {s['orig_reads']} original reads")
+        if a.io_errors:
+            log(f"faults: {s['failed_writes']} writes and {s['failed_orig_reads']} reads of the "
+                f"originals failed")
         if s["writes"] == 0:
             self.report.fail("no write was done")
         if a.overflow:
@@ -1425,6 +1492,10 @@ def main():
                    "from the images; the originals must stay correct")
     s.add_argument("--corrupt-errno", type=int, default=errno.ENOSPC,
                    help="err_code the corrupted event must carry (0: any positive errno)")
+    s.add_argument("--io-errors", action="store_true",
+                   help="faults are injected on the originals while the writers run: a failed "
+                   "write leaves each of its sectors old or new, failed reads are counted "
+                   "(the final checks run after the faults stop and must read everything)")
     s.add_argument("--exclude", action="append", default=[],
                    help="DEV:START:COUNT neither written nor checked (e.g. another "
                    "snapshot's storage)")
@@ -1432,7 +1503,8 @@ def main():
                    help="do not fill or check separate storage devices")
     s.add_argument("--events", action="store_true", help="watch events (no corrupted one)")
     s.add_argument("--at", metavar="SECONDS:CMD",
-                   help="run the shell command CMD SECONDS after the writers start")
+                   help="run the shell command CMD SECONDS after the writers start (the final "
+                   "checks wait for it to finish)")
     s.add_argument("--keep", action="store_true", help="do not destroy the snapshot")
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--timeout", type=float, default=170,

@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# Fault injection (debug kernel: fail_make_request and failslab; skips, exit
+# code 4, where they are absent). Every case checks the data with
+# tests/tools/stamp.py: the snapshot reports corrupted with the errno (one
+# `corrupted` event), image I/O fails with EIO from then on, and the
+# original device holds exactly what was written to it.
+#
+#   - I/O errors on the difference-storage device while writers make the
+#     module copy chunks (fail_make_request on it for 2 s): corrupted, EIO.
+#   - I/O errors on the original device during copy-on-write (its COW reads
+#     fail; so do the writers' own writes and reads in that window, which is
+#     their business: stamp.py --io-errors holds each sector of a failed
+#     write to "what it held before or what the write carried", settled by
+#     the next read, so the model stays exact): corrupted, EIO.
+#   - failslab on the writers' atomic allocations (task-filter: the
+#     copy-on-write work item allocated in the submitter's context):
+#     corrupted, ENOMEM; the held-back writes pass.
+#   - failslab on every allocation of the kernel workers (task-filter on the
+#     kworkers, sleeping allocations included, a bounded number of failures):
+#     the copy-on-write worker's allocations fail: corrupted, ENOMEM.
+#   - failslab on the ioctl paths (tests/tools/ioctl_faults.py marks itself):
+#     snapshot lifecycles with 5% of its allocations failing give only
+#     clean errnos (ENOMEM) and leave nothing behind.
+# Then a healthy snapshot (exact stamp check), rmmod, and a kmemleak scan
+# that must find nothing.
+# shellcheck source-path=SCRIPTDIR disable=SC2015 # "test && test || fail" is meant
+source "$(dirname "$0")/../cbt-lib.sh"
+require_vm
+
+DBG=/sys/kernel/debug
+[ -d $DBG/failslab ] || mount -t debugfs none $DBG 2>/dev/null
+FMR=$DBG/fail_make_request
+FSL=$DBG/failslab
+if [ ! -d $FMR ] || [ ! -d $FSL ]; then
+	echo "KTAP version 1"
+	echo "1..0 # SKIP no $FMR or $FSL (fault injection is in the debug kernel only)"
+	exit 4
+fi
+
+# Like case_fn, and shows how long the case took and the summary lines of a
+# stamp check; when it failed, its first FAIL lines and the end of its output.
+tcase() {
+	local desc=$1 out rc sum t=$SECONDS mark
+	shift
+	mark=$(kmsg_mark)
+	out=$("$@" 2>&1) && rc=0 || rc=$?
+	if [ "$rc" = 0 ]; then
+		ktap_ok "$desc"
+		sum=$(grep -E 'writers done|faults:|event: code=1|events after|settled|ENOMEM|total:|image I/O fails' <<<"$out" |
+			sed -E 's/^\[ *[0-9.]+\] //' | head -n 14)
+		[ -z "$sum" ] || ktap_diag "$sum"
+	else
+		sum=$(grep -m 15 'FAIL' <<<"$out")
+		ktap_fail "$desc" ${sum:+"$sum" "..."} "$(tail -n 25 <<<"$out")"
+	fi
+	ktap_diag "($((SECONDS - t)) s; $(kmsg_since "$mark" | grep -c 'FAULT_INJECTION: forcing a failure')" \
+		"fault messages in the kernel log, rate-limited)"
+}
+
+ktap_plan 8
+
+if [ ! -f "$BLKSNAP_KO" ]; then
+	ktap_diag "$BLKSNAP_KO is missing (the module did not build)"
+	ktap_fail_rest "no blksnap.ko"
+	ktap_finish
+fi
+cbt_setup_exit_trap
+blksnap_unload
+
+# Every fault off (also at exit, whatever happens).
+faults_off() {
+	local f
+	echo 0 >$FSL/probability
+	echo 0 >$FMR/probability
+	for f in /sys/block/ram*/make-it-fail; do [ -e "$f" ] && echo 0 >"$f"; done
+	for f in /proc/[0-9]*/make-it-fail; do echo 0 >"$f"; done 2>/dev/null
+	return 0
+}
+at_exit faults_off
+echo 1 >$FMR/interval
+echo -1 >$FMR/times
+echo 0 >$FMR/space
+echo 1 >$FMR/verbose
+echo 0 >$FSL/space
+echo 1 >$FSL/verbose
+faults_off
+
+setup_bad=
+brd_setup 4 16384 || setup_bad="brd: cannot load 4 ramdisks"
+# 4 KiB chunks: nearly every write copies a new chunk, so copy-on-write is
+# going on whenever a fault window opens.
+[ -n "$setup_bad" ] || blksnap_load chunk_minimum_shift=12 || setup_bad="insmod $BLKSNAP_KO failed"
+if [ -n "$setup_bad" ]; then
+	ktap_diag "$setup_bad"
+	ktap_fail_rest "setup failed"
+	ktap_finish
+fi
+
+STAMP=("${PYTHON_FAST[@]}" "$TESTS_DIR/tools/stamp.py")
+stamp() { "${STAMP[@]}" "$@"; }
+RUN=(--dev /dev/ram0 --storage /dev/ram1:0:32768 --overflow --writers 3 --writes 100000
+	--seconds 15 --image-writes 20)
+
+# The shell command (for stamp.py --at, which starts it 0 s after the writers
+# and waits for it before the final checks) that makes every request to
+# /dev/DEV fail for SECONDS. (Starting it takes seconds under TCG: the
+# writers run 15 s.)
+fmr_window() {
+	echo "echo 100 >$FMR/probability; echo 1 >/sys/block/$1/make-it-fail; sleep $2;" \
+		"echo 0 >/sys/block/$1/make-it-fail; echo 0 >$FMR/probability"
+}
+
+# ---- fail_make_request
+tcase "I/O errors on the storage device during COW: corrupted (EIO), originals exact, image I/O EIO" \
+	stamp run "${RUN[@]}" --corrupt-errno 5 --at "0:$(fmr_window ram1 3)" --seed 51
+
+tcase "I/O errors on the original device during COW: corrupted (EIO), originals exact (failed writes settled)" \
+	stamp run "${RUN[@]}" --corrupt-errno 5 --io-errors --at "0:$(fmr_window ram0 3)" --seed 52
+
+# ---- failslab on the copy-on-write path
+# The writers' tasks (stamp.py's threads: the parent of the --at shell),
+# atomic allocations only (the default ignore-gfp-wait=Y).
+echo Y >$FSL/task-filter
+echo Y >$FSL/ignore-gfp-wait
+echo 1 >$FSL/interval
+echo -1 >$FSL/times
+WIN_ATOMIC="for t in /proc/\$PPID/task/*; do echo 1 >\$t/make-it-fail; done; echo 100 >$FSL/probability;"
+WIN_ATOMIC+=" sleep 3; echo 0 >$FSL/probability; for t in /proc/\$PPID/task/*; do echo 0 >\$t/make-it-fail; done"
+tcase "failslab on the writers' atomic allocations (the COW work item): corrupted (ENOMEM), originals exact" \
+	stamp run "${RUN[@]}" --corrupt-errno 12 --io-errors --at "0:$WIN_ATOMIC" --seed 53
+
+# Every kworker (marked now; the window only sets the probability), sleeping
+# allocations included, at most 40 failures.
+mark_kworkers() {
+	local p comm
+	for p in /proc/[0-9]*; do
+		read -r comm <"$p/comm" || continue
+		case $comm in kworker*) echo 1 >"$p/make-it-fail" ;; esac
+	done 2>/dev/null
+	echo N >$FSL/ignore-gfp-wait
+	echo 40 >$FSL/times
+}
+mark_kworkers
+tcase "failslab on the kernel workers (the COW worker's allocations): corrupted (ENOMEM), originals exact" \
+	stamp run "${RUN[@]}" --corrupt-errno 12 --io-errors \
+	--at "0:echo 100 >$FSL/probability; sleep 3; echo 0 >$FSL/probability" --seed 54
+faults_off
+echo Y >$FSL/ignore-gfp-wait
+echo -1 >$FSL/times
+
+# ---- failslab on the ioctl paths
+ioctl_loop() {
+	local rc
+	echo Y >$FSL/task-filter
+	echo N >$FSL/ignore-gfp-wait
+	echo 1 >$FSL/interval
+	echo -1 >$FSL/times
+	echo 0 >$FSL/verbose
+	echo 5 >$FSL/probability
+	"${PYTHON_FAST[@]}" "$TESTS_DIR/tools/ioctl_faults.py" --dev /dev/ram2 --dev /dev/ram3 \
+		--storage /dev/ram1:0:32768 --iterations "${BLKSNAP_FAULT_ITERATIONS:-150}" --seed 55 &&
+		rc=0 || rc=$?
+	faults_off
+	echo Y >$FSL/ignore-gfp-wait
+	echo 1 >$FSL/verbose
+	return $rc
+}
+tcase "failslab (5%) on the ioctl paths: lifecycles give only clean errnos (ENOMEM), nothing left behind" \
+	ioctl_loop
+
+# ---- afterwards
+tcase "after the faults a new snapshot is healthy: image = TAKE data, storage slots right, no event" \
+	stamp run --dev /dev/ram0 --storage /dev/ram1:0:32768 --writers 3 --writes 300 --seconds 4 \
+	--image-writes 20 --check-storage --events --seed 56
+
+blksnap_clear
+out=$(rmmod blksnap 2>&1) && rc=0 || rc=$?
+if [ "$rc" = 0 ] && ! blksnap_loaded; then
+	ktap_ok "the module unloads after the faults"
+else
+	ktap_fail "the module unloads after the faults" "rmmod: exit $rc: $out"
+fi
+
+# kmemleak does not report objects younger than 5 s: wait, then scan.
+KML=$DBG/kmemleak
+if [ -w $KML ]; then
+	sleep 6
+	echo scan >$KML
+	sleep 1
+	echo scan >$KML
+	leaks=$(cat $KML)
+	if [ -z "$leaks" ]; then
+		ktap_ok "kmemleak finds no leak after the unload"
+	else
+		ktap_fail "kmemleak finds no leak after the unload" "$(head -n 60 <<<"$leaks")"
+	fi
+else
+	ktap_skip "kmemleak finds no leak after the unload" "no $KML"
+fi
+ktap_finish
