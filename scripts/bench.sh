@@ -1,0 +1,345 @@
+#!/usr/bin/env bash
+# The benchmark: what tracking and snapshots cost the I/O of the devices they
+# protect, measured with fio in the test VM, side by side with dm-snapshot.
+#
+#   scripts/bench.sh [--quick] [--out FILE] [--reps N] [--runtime SECONDS]
+#
+# On the host: installs missing packages, builds or reuses the release test
+# kernel, builds blksnap.ko and the blksnap CLI, creates two file-backed
+# virtio disks and boots the kernel under QEMU with them. In the VM (this
+# script with --guest) fio runs every scenario against a ramdisk (brd: the CPU
+# cost of the code path) and the virtio disk (I/O bound), alternating the
+# baseline and the measured variant inside each repetition. Back on the host,
+# scripts/bench-report.py turns the fio JSON into ratios (median, min-max over
+# the repetitions) and writes FILE (Markdown table, default
+# target/bench/report.md) and a plot next to it (FILE with .png).
+#
+#   --quick            short runs and small devices, for development
+#   --reps N           repetitions (default 5, quick 2)
+#   --runtime SECONDS  length of each timed fio run (default 5, quick 2)
+#   --out FILE         the report (the raw results go to FILE's directory)
+#
+# Scenarios: 1 tracking only; 2 snapshot held, every chunk copied; 3 first
+# write to every chunk (COW) against dm-snapshot and the physical limit;
+# 4 snapshot image reads; 5 how long writes stall during take; 6 module
+# memory. docs/benchmarks.md says what each one measures.
+# shellcheck source-path=SCRIPTDIR
+source "$(dirname "$0")/common.sh"
+
+# ---------------------------------------------------------------- guest side
+
+CHUNK=$((256 << 10))   # blksnap chunk_minimum_shift=18 and dm-snapshot chunk size
+FIO_COMMON=(--direct=1 --ioengine=libaio --output-format=json --group_reporting)
+
+# Sizes in MiB and counts; the host passes BENCH_* (see the host side).
+setup_params() {
+	REPS=${BENCH_REPS:-2}
+	RUNTIME=${BENCH_RUNTIME:-2}
+	R=${BENCH_REGION_MIB:-32}        # the region every write/read job covers
+	MEM_CHUNKS=${BENCH_MEM_CHUNKS:-20000} # a multiple of 16
+	RES=$BLKSNAP_VM_OUT/results
+	CLI=$BLKSNAP_ROOT/target/release/blksnap
+	KO=$BLKSNAP_ROOT/blksnap.ko
+	mkdir -p "$RES/fio"
+	: >"$RES/results.txt"
+}
+
+# A key=value record for the report.
+record() { echo "$*" >>"$RES/results.txt"; }
+note() { printf '[bench %s] %s\n' "$(date +%T)" "$*"; }
+
+# fio_job NAME DEV WORKLOAD: runs one fio job, JSON into $RES/fio/NAME.json.
+#   w4k1 w4k32  random 4 KiB writes, queue depth 1 / 32, timed
+#   s1m         sequential 1 MiB writes, timed
+#   r1m r4k     sequential 1 MiB / random 4 KiB reads, timed
+#   ft4k1 ft4k32  one 4 KiB write into every chunk of the region, random order
+#   ft1m        one pass of sequential 1 MiB writes over the region
+#   fill        the same as ft1m, at queue depth 8 (not reported)
+#   cr1 cr32    random chunk-sized reads (queue depth 1 / 32), timed
+#   cw1 cw32    random chunk-sized writes (queue depth 1 / 32), timed
+fio_job() {
+	local name=$1 dev=$2 wl=$3 args
+	case $wl in
+	w4k1) args=(--rw=randwrite --bs=4k --iodepth=1) ;;
+	w4k32) args=(--rw=randwrite --bs=4k --iodepth=32) ;;
+	s1m) args=(--rw=write --bs=1M --iodepth=1) ;;
+	r1m) args=(--rw=read --bs=1M --iodepth=1) ;;
+	r4k) args=(--rw=randread --bs=4k --iodepth=1) ;;
+	cr1) args=(--rw=randread --bs="$CHUNK" --iodepth=1) ;;
+	cr32) args=(--rw=randread --bs="$CHUNK" --iodepth=32) ;;
+	cw1) args=(--rw=randwrite --bs="$CHUNK" --iodepth=1) ;;
+	cw32) args=(--rw=randwrite --bs="$CHUNK" --iodepth=32) ;;
+	ft4k1 | ft4k32)
+		iolog "$dev" >/tmp/bench.iolog
+		args=(--read_iolog=/tmp/bench.iolog --iodepth="${wl#ft4k}")
+		;;
+	ft1m) args=(--rw=write --bs=1M --iodepth=1 --size="${R}M") ;;
+	fill) args=(--rw=write --bs=1M --iodepth=8 --size="${R}M") ;;
+	*) die "unknown workload $wl" ;;
+	esac
+	case $wl in
+	ft* | fill) ;;
+	*) args+=(--size="${R}M" --time_based --runtime="$RUNTIME" --randrepeat=0 --norandommap) ;;
+	esac
+	fio --name="$name" --filename="$dev" "${FIO_COMMON[@]}" "${args[@]}" \
+		--output="$RES/fio/$name.json" >/dev/null ||
+		{ note "fio failed: $name"; return 1; }
+}
+
+# A fio replay log: one 4 KiB write at a random place of every chunk of the
+# region, the chunks in random order.
+iolog() {
+	local dev=$1
+	echo "fio version 2 iolog"
+	echo "$dev add"
+	echo "$dev open"
+	seq 0 $((R * 1048576 / CHUNK - 1)) | shuf |
+		awk -v dev="$dev" -v cs=$CHUNK 'BEGIN { srand() }
+			{ printf "%s write %d 4096\n", dev, $1 * cs + int(rand() * cs / 4096) * 4096 }'
+	echo "$dev close"
+}
+
+val() { sed -n "s/^$1=//p" <<<"$2" | head -n1; }
+
+# snap_make DEV STORE_DEV START_SECTOR COUNT: a taken snapshot of DEV; sets SID
+# and IMG.
+snap_make() {
+	local out
+	out=$("$CLI" snapshot_create -d "$1") || return 1
+	SID=$(val id "$out")
+	"$CLI" snapshot_appendstorage -i "$SID" -d "$2" -r "$3:$4" >/dev/null || return 1
+	"$CLI" snapshot_take -i "$SID" >/dev/null || return 1
+	out=$("$CLI" snapshot_collect -i "$SID") || return 1
+	IMG=$(val image "$out")
+	for _ in 1 2 3 4 5 6 7 8 9 10; do [ -b "$IMG" ] && break; sleep 0.2; done
+	[ -b "$IMG" ]
+}
+snap_drop() { "$CLI" snapshot_destroy -i "$SID" >/dev/null; }
+# Attaches a tracker to DEV (a snapshot created and destroyed leaves it).
+track() {
+	local out
+	out=$("$CLI" snapshot_create -d "$1") || return 1
+	"$CLI" snapshot_destroy -i "$(val id "$out")" >/dev/null
+}
+untrack() { "$CLI" tracker_remove -d "$1" >/dev/null 2>&1 || true; }
+
+# dm-snapshot of DEV with COW on COWDEV (N transient, P persistent), writes
+# go to /dev/mapper/bench-origin.
+dm_make() {
+	local dev=$1 cow=$2 mode=$3 sect
+	sect=$(blockdev --getsz "$dev")
+	dmsetup create --noudevsync bench-origin --table "0 $sect snapshot-origin $dev" || return 1
+	# A persistent store starts from a clean header.
+	[ "$mode" = P ] && dd if=/dev/zero of="$cow" bs=$CHUNK count=1 oflag=direct status=none
+	dmsetup create --noudevsync bench-snap --table "0 $sect snapshot $dev $cow $mode $((CHUNK / 512))" || return 1
+	for _ in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/mapper/bench-origin ] && break; sleep 0.2; done
+}
+dm_drop() {
+	dmsetup remove --noudevsync bench-snap 2>/dev/null
+	dmsetup remove --noudevsync bench-origin 2>/dev/null
+	true
+}
+# A dm-linear device named NAME over sectors START..+LEN of DEV; prints its path.
+dm_linear() {
+	dmsetup create --noudevsync "$1" --table "0 $4 linear $2 $3" >/dev/null || return 1
+	for _ in 1 2 3 4 5 6 7 8 9 10; do [ -b "/dev/mapper/$1" ] && break; sleep 0.2; done
+	echo "/dev/mapper/$1"
+}
+
+# Scenarios 1, 2 and 4 for one device: D is its label, DEV the device, STORE
+# the other device that holds the difference storage.
+bench_held() {
+	local d=$1 dev=$2 store=$3 rep=$4 wl
+	note "$d rep $rep: baseline, tracking only, image reads, steady state"
+	untrack "$dev"
+	for wl in w4k1 w4k32 s1m r1m r4k; do fio_job "base.$d.$wl.$rep" "$dev" $wl || return 1; done
+	track "$dev" || return 1
+	for wl in w4k1 w4k32 s1m; do fio_job "track.$d.$wl.$rep" "$dev" $wl || return 1; done
+	snap_make "$dev" "$store" 0 $((2 * R * 2048)) || return 1
+	for wl in r1m r4k; do fio_job "imgclean.$d.$wl.$rep" "$IMG" $wl || return 1; done
+	fio_job "fill.$d.$rep" "$dev" fill || return 1
+	for wl in r1m r4k; do fio_job "imgcopied.$d.$wl.$rep" "$IMG" $wl || return 1; done
+	for wl in w4k1 w4k32 s1m; do fio_job "steady.$d.$wl.$rep" "$dev" $wl || return 1; done
+	snap_drop || return 1
+	untrack "$dev"
+}
+
+# Scenario 3 for one device: first writes to every chunk, blksnap and
+# dm-snapshot, storage on STORE (another device) and on SAME (a dm-linear
+# device over the second part of DEV), and the chunk copy cost alone.
+bench_cow() {
+	local d=$1 dev=$2 store=$3 same=$4 rep=$5 wl where cow mode
+	note "$d rep $rep: first-touch copy-on-write"
+	for wl in ft4k1 ft4k32 ft1m; do
+		for where in other same; do
+			untrack "$dev"
+			if [ $where = other ]; then
+				snap_make "$dev" "$store" 0 $((2 * R * 2048)) || return 1
+			else
+				snap_make "$dev" "$dev" $((R * 2048)) $((2 * R * 2048)) || return 1
+			fi
+			fio_job "cow-blksnap-$where.$d.$wl.$rep" "$dev" $wl || return 1
+			snap_drop || return 1
+			untrack "$dev"
+			for mode in N P; do
+				if [ $where = other ]; then cow=$store; else cow=$same; fi
+				dm_make "$dev" "$cow" $mode || return 1
+				fio_job "cow-dm$mode-$where.$d.$wl.$rep" /dev/mapper/bench-origin $wl || { dm_drop; return 1; }
+				dm_drop
+			done
+		done
+	done
+	# The physical limit: reading a chunk from DEV and writing it to STORE.
+	for wl in cr1 cr32; do fio_job "limit.$d.$wl.$rep" "$dev" $wl || return 1; done
+	for wl in cw1 cw32; do fio_job "limit.$d.$wl.$rep" "$store" $wl || return 1; done
+}
+
+# Scenario 5: writes to 1 or 4 ramdisks while their snapshot is taken.
+bench_stall() {
+	local rep=$1 n out sid devs
+	for n in 1 4; do
+		devs=(/dev/ram0 /dev/ram2 /dev/ram3 /dev/ram4)
+		devs=("${devs[@]:0:n}")
+		for d in "${devs[@]}"; do untrack "$d"; done
+		out=$("$CLI" snapshot_create -d "${devs[@]}") || return 1
+		sid=$(val id "$out")
+		"$CLI" snapshot_appendstorage -i "$sid" -d /dev/ram1 -r "0:$((2 * R * 2048))" >/dev/null || return 1
+		out=$(python3 "$BLKSNAP_ROOT/scripts/bench-stall.py" --cli "$CLI" --id "$sid" "${devs[@]}") ||
+			{ echo "$out"; return 1; }
+		record "stall devices=$n rep=$rep $out"
+		note "take stall, $n device(s): $out"
+		"$CLI" snapshot_destroy -i "$sid" >/dev/null || return 1
+		for d in "${devs[@]}"; do untrack "$d"; done
+	done
+}
+
+# /proc/meminfo figures (KiB) after the caches are dropped.
+meminfo() {
+	sync
+	echo 3 >/proc/sys/vm/drop_caches
+	sleep 1
+	awk '/^(Slab|VmallocUsed|Percpu|MemFree):/ { sub(":", "", $1); printf "%s=%s ", $1, $2 }' /proc/meminfo
+}
+
+# Scenario 6: module memory for tracking a sparse 64 GiB device (dm-zero)
+# and for MEM_CHUNKS copied 4 KiB chunks (storage on the virtio disk).
+bench_mem() {
+	local zero m0 m1 m2 m3 out sid
+	insmod "$KO" chunk_minimum_shift=12 chunk_maximum_count=16777216 || return 1
+	dmsetup create --noudevsync bench-zero --table "0 $((64 << 21)) zero" || return 1
+	zero=/dev/mapper/bench-zero
+	for _ in 1 2 3 4 5 6 7 8 9 10; do [ -b $zero ] && break; sleep 0.2; done
+	m0=$(meminfo)
+	track $zero || return 1
+	m1=$(meminfo)
+	record "mem what=tracking size_gib=64 block_shift=$(cat /sys/module/blksnap/parameters/tracking_block_minimum_shift) before: $m0 after: $m1"
+	out=$("$CLI" snapshot_create -d $zero) || return 1
+	sid=$(val id "$out")
+	"$CLI" snapshot_appendstorage -i "$sid" -d /dev/vdb -r "0:$(((MEM_CHUNKS * 4 + 4096) * 2))" >/dev/null || return 1
+	"$CLI" snapshot_take -i "$sid" >/dev/null || return 1
+	m2=$(meminfo)
+	fio --name=memfill --filename=$zero "${FIO_COMMON[@]}" --rw=write --bs=64k --iodepth=8 \
+		--size=$((MEM_CHUNKS * 4))k --output=/dev/null || return 1
+	m3=$(meminfo)
+	record "mem what=chunks chunks=$MEM_CHUNKS chunk_kib=4 before: $m2 after: $m3"
+	note "memory: tracking 64 GiB: $m0 -> $m1; $MEM_CHUNKS chunks: $m2 -> $m3"
+	"$CLI" snapshot_destroy -i "$sid" >/dev/null
+	untrack $zero
+	rmmod blksnap
+	dmsetup remove --noudevsync bench-zero
+}
+
+guest() {
+	local rep same vsame
+	setup_params
+	note "Linux $(uname -r), $(nproc) CPUs; reps=$REPS runtime=${RUNTIME}s region=${R}MiB"
+	record "params reps=$REPS runtime=$RUNTIME region_mib=$R chunk=$CHUNK kernel=$(uname -r)"
+	[ -x "$CLI" ] || die "the CLI is not built ($CLI)"
+	{ [ -b /dev/vda ] && [ -b /dev/vdb ]; } || die "the virtio disks are missing"
+	# brd devices of 3 regions: the region, then room for storage on the same device.
+	modprobe brd rd_nr=5 rd_size=$((3 * R * 1024)) max_part=0 || return 1
+	for _ in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/ram4 ] && break; sleep 0.2; done
+	insmod "$KO" chunk_minimum_shift=18 || return 1
+	same=$(dm_linear bench-same-brd /dev/ram0 $((R * 2048)) $((2 * R * 2048))) || return 1
+	vsame=$(dm_linear bench-same-vd /dev/vda $((R * 2048)) $((2 * R * 2048))) || return 1
+	for ((rep = 0; rep < REPS; rep++)); do
+		bench_held brd /dev/ram0 /dev/ram1 $rep || return 1
+		bench_held virtio /dev/vda /dev/vdb $rep || return 1
+		bench_cow brd /dev/ram0 /dev/ram1 "$same" $rep || return 1
+		bench_cow virtio /dev/vda /dev/vdb "$vsame" $rep || return 1
+		bench_stall $rep || return 1
+	done
+	dmsetup remove --noudevsync bench-same-brd bench-same-vd
+	rmmod blksnap || return 1
+	bench_mem || return 1
+	rmmod brd
+	note "done"
+}
+
+if [ "${1:-}" = --guest ]; then
+	[ "${BLKSNAP_VM:-}" = 1 ] || die "--guest runs inside the test VM only"
+	guest
+	exit
+fi
+
+# ----------------------------------------------------------------- host side
+
+quick=0 out='' reps='' runtime=''
+while (($#)); do
+	case $1 in
+	--quick) quick=1 ;;
+	--out) (($# >= 2)) || die "--out wants a file"; out=$2; shift ;;
+	--out=*) out=${1#*=} ;;
+	--reps) (($# >= 2)) || die "--reps wants a number"; reps=$2; shift ;;
+	--runtime) (($# >= 2)) || die "--runtime wants seconds"; runtime=$2; shift ;;
+	-h | --help) sed -n '2,/^# shellcheck/{/^# shellcheck/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+	*) die "usage: scripts/bench.sh [--quick] [--out FILE] [--reps N] [--runtime SECONDS]" ;;
+	esac
+	shift
+done
+if ((quick)); then
+	: "${reps:=2}" "${runtime:=2}"
+	region=32 mem_chunks=20000 timeout=2400
+else
+	: "${reps:=5}" "${runtime:=5}"
+	region=256 mem_chunks=100000 timeout=$((3600 * 3))
+fi
+[[ $reps =~ ^[1-9][0-9]*$ && $runtime =~ ^[1-9][0-9]*$ ]] || die "--reps and --runtime want positive numbers"
+: "${out:=$BLKSNAP_ROOT/target/bench/report.md}"
+mkdir -p "$(dirname "$out")"
+out=$(cd "$(dirname "$out")" && pwd)/$(basename "$out")
+dir=$(dirname "$out")
+
+log "packages"
+"$BLKSNAP_ROOT/scripts/deps.sh"
+# The benchmark is about the release kernel, whatever the environment says.
+BLKSNAP_DEBUG=0
+if [ -z "${KDIR:-}" ]; then
+	KDIR=$("$BLKSNAP_ROOT/scripts/kernel.sh")
+fi
+export KDIR BLKSNAP_DEBUG
+log "kernel: $KDIR"
+mkdir -p "$BLKSNAP_ROOT/target"
+flock "$BLKSNAP_ROOT/target/.module-build.lock" make -s -C "$BLKSNAP_ROOT" KDIR="$KDIR"
+(cd "$BLKSNAP_ROOT" && cargo build --release --workspace --quiet)
+
+# The virtio disks: sparse files, created fresh for every run.
+work=$dir/work
+rm -rf "$work"
+mkdir -p "$work"
+truncate -s $((3 * region))M "$work/disk.img"
+store_mib=$((2 * region))
+((store_mib > mem_chunks * 4 / 1024 + 8)) || store_mib=$((mem_chunks * 4 / 1024 + 8))
+truncate -s "${store_mib}M" "$work/store.img"
+
+log "running the benchmark in the VM (reps=$reps, runtime=${runtime}s, region=${region} MiB)"
+rc=0
+"$BLKSNAP_ROOT/scripts/vm.sh" --timeout "$timeout" --out "$work/vm" \
+	--disk "$work/disk.img" --disk "$work/store.img" \
+	-e BENCH_REPS="$reps" -e BENCH_RUNTIME="$runtime" -e BENCH_REGION_MIB="$region" \
+	-e BENCH_MEM_CHUNKS="$mem_chunks" -- scripts/bench.sh --guest || rc=$?
+rm -f "$work/disk.img" "$work/store.img"
+((rc == 0)) || die "the benchmark failed in the VM (exit status $rc)"
+
+python3 "$BLKSNAP_ROOT/scripts/bench-report.py" --results "$work/vm/results" --out "$out"
+log "report: $out"
