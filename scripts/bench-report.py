@@ -38,11 +38,6 @@ def load_fio(d):
     """{(kind, dev, wl): {rep: iops}}"""
     res = {}
     for path in glob.glob(os.path.join(d, "fio", "*.json")):
-        name = os.path.basename(path)[:-5]
-        parts = name.split(".")
-        if len(parts) != 4:
-            continue
-        kind, dev, wl, rep = parts
         try:
             with open(path) as f:
                 text = f.read()
@@ -51,10 +46,14 @@ def load_fio(d):
         except (ValueError, OSError) as e:
             print(f"bench-report: skipping {path}: {e}", file=sys.stderr)
             continue
-        job = j["jobs"][0]
-        op = job["read"] if job["read"]["total_ios"] > 0 else job["write"]
-        if op["iops"] > 0:
-            res.setdefault((kind, dev, wl), {})[int(rep)] = op["iops"]
+        for job in j["jobs"]:
+            parts = job["jobname"].split(".")
+            if len(parts) != 4:
+                continue
+            kind, dev, wl, rep = parts
+            op = job["read"] if job["read"]["total_ios"] > 0 else job["write"]
+            if op["iops"] > 0:
+                res.setdefault((kind, dev, wl), {})[int(rep)] = op["iops"]
     return res
 
 

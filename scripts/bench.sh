@@ -29,7 +29,7 @@ source "$(dirname "$0")/common.sh"
 # ---------------------------------------------------------------- guest side
 
 CHUNK=$((256 << 10))   # blksnap chunk_minimum_shift=18 and dm-snapshot chunk size
-FIO_COMMON=(--direct=1 --ioengine=libaio --output-format=json --group_reporting)
+FIO_COMMON=(--direct=1 --ioengine=libaio --output-format=json)
 
 # Sizes in MiB and counts; the host passes BENCH_* (see the host side).
 setup_params() {
@@ -38,7 +38,7 @@ setup_params() {
 	R=${BENCH_REGION_MIB:-32}        # the region every write/read job covers
 	MEM_CHUNKS=${BENCH_MEM_CHUNKS:-20000} # a multiple of 16
 	RES=$BLKSNAP_VM_OUT/results
-	CLI=$BLKSNAP_ROOT/target/release/blksnap
+	CLI=${BENCH_CLI:-$BLKSNAP_ROOT/target/release/blksnap}
 	KO=$BLKSNAP_ROOT/blksnap.ko
 	mkdir -p "$RES/fio"
 	: >"$RES/results.txt"
@@ -48,7 +48,10 @@ setup_params() {
 record() { echo "$*" >>"$RES/results.txt"; }
 note() { printf '[bench %s] %s\n' "$(date +%T)" "$*"; }
 
-# fio_job NAME DEV WORKLOAD: runs one fio job, JSON into $RES/fio/NAME.json.
+# fio_jobs KIND D REP DEV WORKLOAD...: one fio run of these workloads on DEV,
+# one after the other (fio starts slowly under TCG); the JSON goes to
+# $RES/fio/KIND.D.REP.WORKLOADS.json, and the report finds each job by its name,
+# KIND.D.WORKLOAD.REP (D is the device's label). Workloads:
 #   w4k1 w4k32  random 4 KiB writes, queue depth 1 / 32, timed
 #   s1m         sequential 1 MiB writes, timed
 #   r1m r4k     sequential 1 MiB / random 4 KiB reads, timed
@@ -57,33 +60,38 @@ note() { printf '[bench %s] %s\n' "$(date +%T)" "$*"; }
 #   fill        the same as ft1m, at queue depth 8 (not reported)
 #   cr1 cr32    random chunk-sized reads (queue depth 1 / 32), timed
 #   cw1 cw32    random chunk-sized writes (queue depth 1 / 32), timed
-fio_job() {
-	local name=$1 dev=$2 wl=$3 args
-	case $wl in
-	w4k1) args=(--rw=randwrite --bs=4k --iodepth=1) ;;
-	w4k32) args=(--rw=randwrite --bs=4k --iodepth=32) ;;
-	s1m) args=(--rw=write --bs=1M --iodepth=1) ;;
-	r1m) args=(--rw=read --bs=1M --iodepth=1) ;;
-	r4k) args=(--rw=randread --bs=4k --iodepth=1) ;;
-	cr1) args=(--rw=randread --bs="$CHUNK" --iodepth=1) ;;
-	cr32) args=(--rw=randread --bs="$CHUNK" --iodepth=32) ;;
-	cw1) args=(--rw=randwrite --bs="$CHUNK" --iodepth=1) ;;
-	cw32) args=(--rw=randwrite --bs="$CHUNK" --iodepth=32) ;;
-	ft4k1 | ft4k32)
-		iolog "$dev" >/tmp/bench.iolog
-		args=(--read_iolog=/tmp/bench.iolog --iodepth="${wl#ft4k}")
-		;;
-	ft1m) args=(--rw=write --bs=1M --iodepth=1 --size="${R}M") ;;
-	fill) args=(--rw=write --bs=1M --iodepth=8 --size="${R}M") ;;
-	*) die "unknown workload $wl" ;;
-	esac
-	case $wl in
-	ft* | fill) ;;
-	*) args+=(--size="${R}M" --time_based --runtime="$RUNTIME" --randrepeat=0 --norandommap) ;;
-	esac
-	fio --name="$name" --filename="$dev" "${FIO_COMMON[@]}" "${args[@]}" \
-		--output="$RES/fio/$name.json" >/dev/null ||
-		{ note "fio failed: $name"; return 1; }
+fio_jobs() {
+	local kind=$1 d=$2 rep=$3 dev=$4 name wl args=()
+	shift 4
+	for wl in "$@"; do
+		name=$kind.$d.$wl.$rep
+		args+=(--name="$name" --filename="$dev" --stonewall)
+		case $wl in
+		w4k1) args+=(--rw=randwrite --bs=4k --iodepth=1) ;;
+		w4k32) args+=(--rw=randwrite --bs=4k --iodepth=32) ;;
+		s1m) args+=(--rw=write --bs=1M --iodepth=1) ;;
+		r1m) args+=(--rw=read --bs=1M --iodepth=1) ;;
+		r4k) args+=(--rw=randread --bs=4k --iodepth=1) ;;
+		cr1) args+=(--rw=randread --bs="$CHUNK" --iodepth=1) ;;
+		cr32) args+=(--rw=randread --bs="$CHUNK" --iodepth=32) ;;
+		cw1) args+=(--rw=randwrite --bs="$CHUNK" --iodepth=1) ;;
+		cw32) args+=(--rw=randwrite --bs="$CHUNK" --iodepth=32) ;;
+		ft4k1 | ft4k32)
+			iolog "$dev" >"/tmp/bench-$name.iolog"
+			args+=(--read_iolog="/tmp/bench-$name.iolog" --iodepth="${wl#ft4k}")
+			;;
+		ft1m) args+=(--rw=write --bs=1M --iodepth=1 --size="${R}M") ;;
+		fill) args+=(--rw=write --bs=1M --iodepth=8 --size="${R}M") ;;
+		*) die "unknown workload $wl" ;;
+		esac
+		case $wl in
+		ft* | fill) ;;
+		*) args+=(--size="${R}M" --time_based --runtime="$RUNTIME" --randrepeat=0 --norandommap) ;;
+		esac
+	done
+	fio "${FIO_COMMON[@]}" "${args[@]}" --output="$RES/fio/$kind.$d.$rep.$(IFS=-; echo "$*").json" >/dev/null ||
+		{ note "fio failed: $kind $d $rep $*"; return 1; }
+	rm -f /tmp/bench-*.iolog
 }
 
 # A fio replay log: one 4 KiB write at a random place of every chunk of the
@@ -152,14 +160,14 @@ bench_held() {
 	local d=$1 dev=$2 store=$3 rep=$4 wl
 	note "$d rep $rep: baseline, tracking only, image reads, steady state"
 	untrack "$dev"
-	for wl in w4k1 w4k32 s1m r1m r4k; do fio_job "base.$d.$wl.$rep" "$dev" $wl || return 1; done
+	fio_jobs base "$d" "$rep" "$dev" w4k1 w4k32 s1m r1m r4k || return 1
 	track "$dev" || return 1
-	for wl in w4k1 w4k32 s1m; do fio_job "track.$d.$wl.$rep" "$dev" $wl || return 1; done
+	fio_jobs track "$d" "$rep" "$dev" w4k1 w4k32 s1m || return 1
 	snap_make "$dev" "$store" 0 $((2 * R * 2048)) || return 1
-	for wl in r1m r4k; do fio_job "imgclean.$d.$wl.$rep" "$IMG" $wl || return 1; done
-	fio_job "fill.$d.$rep" "$dev" fill || return 1
-	for wl in r1m r4k; do fio_job "imgcopied.$d.$wl.$rep" "$IMG" $wl || return 1; done
-	for wl in w4k1 w4k32 s1m; do fio_job "steady.$d.$wl.$rep" "$dev" $wl || return 1; done
+	fio_jobs imgclean "$d" "$rep" "$IMG" r1m r4k || return 1
+	fio_jobs fill "$d" "$rep" "$dev" fill || return 1
+	fio_jobs imgcopied "$d" "$rep" "$IMG" r1m r4k || return 1
+	fio_jobs steady "$d" "$rep" "$dev" w4k1 w4k32 s1m || return 1
 	snap_drop || return 1
 	untrack "$dev"
 }
@@ -178,20 +186,20 @@ bench_cow() {
 			else
 				snap_make "$dev" "$dev" $((R * 2048)) $((2 * R * 2048)) || return 1
 			fi
-			fio_job "cow-blksnap-$where.$d.$wl.$rep" "$dev" $wl || return 1
+			fio_jobs "cow-blksnap-$where" "$d" "$rep" "$dev" $wl || return 1
 			snap_drop || return 1
 			untrack "$dev"
 			for mode in N P; do
 				if [ $where = other ]; then cow=$store; else cow=$same; fi
 				dm_make "$dev" "$cow" $mode || return 1
-				fio_job "cow-dm$mode-$where.$d.$wl.$rep" /dev/mapper/bench-origin $wl || { dm_drop; return 1; }
+				fio_jobs "cow-dm$mode-$where" "$d" "$rep" /dev/mapper/bench-origin $wl || { dm_drop; return 1; }
 				dm_drop
 			done
 		done
 	done
 	# The physical limit: reading a chunk from DEV and writing it to STORE.
-	for wl in cr1 cr32; do fio_job "limit.$d.$wl.$rep" "$dev" $wl || return 1; done
-	for wl in cw1 cw32; do fio_job "limit.$d.$wl.$rep" "$store" $wl || return 1; done
+	fio_jobs limit "$d" "$rep" "$dev" cr1 cr32 || return 1
+	fio_jobs limit "$d" "$rep" "$store" cw1 cw32 || return 1
 }
 
 # Scenario 5: writes to 1 or 4 ramdisks while their snapshot is taken.
@@ -259,6 +267,11 @@ guest() {
 	# brd devices of 3 regions: the region, then room for storage on the same device.
 	modprobe brd rd_nr=5 rd_size=$((3 * R * 1024)) max_part=0 || return 1
 	for _ in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/ram4 ] && break; sleep 0.2; done
+	# Every block written once first: brd allocates its pages on the first
+	# write, and that must not count against whatever runs first.
+	dd if=/dev/zero of=/dev/ram0 bs=1M count=$((3 * R)) oflag=direct status=none
+	dd if=/dev/zero of=/dev/ram1 bs=1M count=$((3 * R)) oflag=direct status=none
+	for n in 2 3 4; do dd if=/dev/zero of=/dev/ram$n bs=1M count=16 oflag=direct status=none; done
 	insmod "$KO" chunk_minimum_shift=18 || return 1
 	same=$(dm_linear bench-same-brd /dev/ram0 $((R * 2048)) $((2 * R * 2048))) || return 1
 	vsame=$(dm_linear bench-same-vd /dev/vda $((R * 2048)) $((2 * R * 2048))) || return 1
@@ -302,7 +315,7 @@ if ((quick)); then
 	region=32 mem_chunks=20000 timeout=2400
 else
 	: "${reps:=5}" "${runtime:=5}"
-	region=256 mem_chunks=100000 timeout=$((3600 * 3))
+	region=128 mem_chunks=100000 timeout=$((3600 * 3))
 fi
 [[ $reps =~ ^[1-9][0-9]*$ && $runtime =~ ^[1-9][0-9]*$ ]] || die "--reps and --runtime want positive numbers"
 : "${out:=$BLKSNAP_ROOT/target/bench/report.md}"
@@ -323,14 +336,15 @@ mkdir -p "$BLKSNAP_ROOT/target"
 flock "$BLKSNAP_ROOT/target/.module-build.lock" make -s -C "$BLKSNAP_ROOT" KDIR="$KDIR"
 (cd "$BLKSNAP_ROOT" && cargo build --release --workspace --quiet)
 
-# The virtio disks: sparse files, created fresh for every run.
+# The virtio disks: files created fresh for every run, written in full so
+# that no first write allocates blocks of the host's file system.
 work=$dir/work
 rm -rf "$work"
 mkdir -p "$work"
-truncate -s $((3 * region))M "$work/disk.img"
 store_mib=$((2 * region))
 ((store_mib > mem_chunks * 4 / 1024 + 8)) || store_mib=$((mem_chunks * 4 / 1024 + 8))
-truncate -s "${store_mib}M" "$work/store.img"
+dd if=/dev/zero of="$work/disk.img" bs=1M count=$((3 * region)) status=none
+dd if=/dev/zero of="$work/store.img" bs=1M count="$store_mib" status=none
 
 log "running the benchmark in the VM (reps=$reps, runtime=${runtime}s, region=${region} MiB)"
 rc=0
