@@ -29,7 +29,7 @@ source "$(dirname "$0")/common.sh"
 # ---------------------------------------------------------------- guest side
 
 CHUNK=$((256 << 10))   # blksnap chunk_minimum_shift=18 and dm-snapshot chunk size
-FIO_COMMON=(--direct=1 --ioengine=libaio --output-format=json)
+FIO_COMMON=(--direct=1 --ioengine=libaio --output-format=json --eta=never)
 
 # Sizes in MiB and counts; the host passes BENCH_* (see the host side).
 setup_params() {
@@ -262,7 +262,7 @@ bench_mem() {
 	"$CLI" snapshot_take -i "$sid" >/dev/null || return 1
 	m2=$(meminfo)
 	fio --name=memfill --filename="$zero" "${FIO_COMMON[@]}" --rw=write --bs=64k --iodepth=8 \
-		--size=$((MEM_CHUNKS * 4))k --output=/dev/null || return 1
+		--size=$((MEM_CHUNKS * 4))k --eta=never --output=/dev/null || return 1
 	m3=$(meminfo)
 	record "mem what=chunks chunks=$MEM_CHUNKS chunk_kib=4 before: $m2 after: $m3"
 	note "memory: tracking 64 GiB: $m0 -> $m1; $MEM_CHUNKS chunks: $m2 -> $m3"
