@@ -262,7 +262,7 @@ bench_mem() {
 	"$CLI" snapshot_take -i "$sid" >/dev/null || return 1
 	m2=$(meminfo)
 	fio --name=memfill --filename="$zero" "${FIO_COMMON[@]}" --rw=write --bs=64k --iodepth=8 \
-		--size=$((MEM_CHUNKS * 4))k --eta=never --output=/dev/null || return 1
+		--size=$((MEM_CHUNKS * 4))k --output=/dev/null || return 1
 	m3=$(meminfo)
 	record "mem what=chunks chunks=$MEM_CHUNKS chunk_kib=4 before: $m2 after: $m3"
 	note "memory: tracking 64 GiB: $m0 -> $m1; $MEM_CHUNKS chunks: $m2 -> $m3"
