@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Boots the test kernel under QEMU (TCG) and runs one command in it.
 #
-#   scripts/vm.sh [--debug] [--timeout SECONDS] [--out DIR] [-e NAME=VALUE]... [--] COMMAND...
+#   scripts/vm.sh [--debug] [--timeout SECONDS] [--out DIR] [--disk FILE]...
+#                 [-e NAME=VALUE]... [--] COMMAND...
 #
 # The guest's root file system is the host's own root, shared read-only over
 # virtio-9p, so the command sees this checkout, the kernel tree and the host's
@@ -19,6 +20,8 @@
 #   --timeout SECONDS  hard limit for the whole run (default $BLKSNAP_VM_TIMEOUT or 1200)
 #   --out DIR          use DIR as the guest's writable output share and keep it
 #                      (the guest sees it as $BLKSNAP_VM_OUT); default: a temporary dir
+#   --disk FILE        attach FILE (raw image) as a virtio disk; the guest sees
+#                      the disks as /dev/vda, /dev/vdb, ... in the order given
 #   -e NAME=VALUE      pass an environment variable to the command
 #
 # Environment: KDIR (kernel build tree; default: the output of scripts/kernel.sh),
@@ -70,6 +73,7 @@ usage() {
 timeout=${BLKSNAP_VM_TIMEOUT:-1200}
 keep_out=
 extra_env=()
+disks=()
 while (($#)); do
 	case $1 in
 	--debug) BLKSNAP_DEBUG=1; export BLKSNAP_DEBUG ;;
@@ -77,6 +81,8 @@ while (($#)); do
 	--timeout=*) timeout=${1#*=} ;;
 	--out) (($# >= 2)) || usage; keep_out=$2; shift ;;
 	--out=*) keep_out=${1#*=} ;;
+	--disk) (($# >= 2)) || usage; disks+=("$2"); shift ;;
+	--disk=*) disks+=("${1#*=}") ;;
 	-e) (($# >= 2)) || usage; extra_env+=("$2"); shift ;;
 	-h | --help) usage ;;
 	--) shift; break ;;
@@ -192,6 +198,14 @@ qemu=(
 	-serial "file:$console"
 	-chardev stdio,id=cmdout,signal=off -serial chardev:cmdout
 )
+
+for d in "${disks[@]}"; do
+	[ -f "$d" ] || die "--disk: no such file: $d"
+	case $d in *,*) die "--disk: the path must not contain a comma: $d" ;; esac
+	# The host's page cache stays out of the way (cache=none), so the disk is
+	# as slow as the file under it.
+	qemu+=(-drive "file=$d,format=raw,if=virtio,cache=none,aio=threads")
+done
 
 log "vm: booting $(basename "$KDIR") (timeout ${timeout}s), console log: $console"
 start=$SECONDS

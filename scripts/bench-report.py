@@ -1,0 +1,346 @@
+#!/usr/bin/env python3
+"""Turns the results of a benchmark run (scripts/bench.sh) into a report: a
+Markdown file with the tables and a PNG plot next to it (made with gnuplot
+when it is installed).
+
+Every figure is a ratio of two fio runs of the same repetition in the same
+VM run (variant / baseline, in IOPS; for a fixed block size that is also the
+throughput ratio); the tables show the median over the repetitions and the
+range (min-max). The baseline is the same device with no tracker and no
+snapshot.
+
+  scripts/bench-report.py --results DIR --out FILE.md
+"""
+import argparse
+import glob
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+
+DEVICES = [("brd", "ramdisk (brd)"), ("virtio", "virtio disk (file)")]
+WRITES = [("w4k1", "4 KiB randwrite QD1"), ("w4k32", "4 KiB randwrite QD32"), ("s1m", "1 MiB seq write")]
+FIRST = [("ft4k1", "w4k1", "cr1", "cw1", "4 KiB randwrite QD1"),
+         ("ft4k32", "w4k32", "cr32", "cw32", "4 KiB randwrite QD32"),
+         ("ft1m", "s1m", "cr1", "cw1", "1 MiB seq write")]
+READS = [("r1m", "1 MiB seq read", 0.90), ("r4k", "4 KiB randread QD1", 0.80)]
+COW = [("blksnap-other", "blksnap, storage on another device"),
+       ("blksnap-same", "blksnap, storage on the same device"),
+       ("dmN-other", "dm-snapshot transient, another device"),
+       ("dmP-other", "dm-snapshot persistent, another device"),
+       ("dmN-same", "dm-snapshot transient, same device"),
+       ("dmP-same", "dm-snapshot persistent, same device")]
+
+
+def load_fio(d):
+    """{(kind, dev, wl): {rep: iops}}"""
+    res = {}
+    for path in glob.glob(os.path.join(d, "fio", "*.json")):
+        try:
+            with open(path) as f:
+                text = f.read()
+            # fio may print notes before the JSON
+            j = json.loads(text[text.index("{"):])
+        except (ValueError, OSError) as e:
+            print(f"bench-report: skipping {path}: {e}", file=sys.stderr)
+            continue
+        for job in j["jobs"]:
+            parts = job["jobname"].split(".")
+            if len(parts) != 4:
+                continue
+            kind, dev, wl, rep = parts
+            op = job["read"] if job["read"]["total_ios"] > 0 else job["write"]
+            if op["iops"] > 0:
+                res.setdefault((kind, dev, wl), {})[int(rep)] = op["iops"]
+    return res
+
+
+def load_records(d):
+    recs = []
+    try:
+        with open(os.path.join(d, "results.txt")) as f:
+            for line in f:
+                words = line.split()
+                if not words:
+                    continue
+                rec = {"type": words[0]}
+                part = ""
+                for w in words[1:]:
+                    if w.endswith(":"):
+                        part = w[:-1] + "."
+                    elif "=" in w:
+                        k, v = w.split("=", 1)
+                        rec[part + k] = v
+                recs.append(rec)
+    except OSError:
+        pass
+    return recs
+
+
+class Report:
+    def __init__(self, fio):
+        self.fio = fio
+        self.plot = []  # (label, median, min, max)
+        self.targets = []  # (text, ok, detail)
+
+    def ratios(self, num, den):
+        """Per-repetition ratios fio[num] / fio[den] (both (kind, dev, wl))."""
+        a = self.fio.get(num, {})
+        b = self.fio.get(den, {})
+        return [a[r] / b[r] for r in sorted(a) if r in b and b[r] > 0]
+
+    @staticmethod
+    def cell(vals):
+        if not vals:
+            return "n/a"
+        m = statistics.median(vals)
+        if len(vals) == 1:
+            return f"{m:.2f}"
+        return f"{m:.2f} ({min(vals):.2f}-{max(vals):.2f})"
+
+    def target(self, text, vals, ok_fn):
+        if not vals:
+            self.targets.append((text, None, "no data"))
+            return
+        m = statistics.median(vals)
+        self.targets.append((text, ok_fn(m), f"median {m:.2f}"))
+
+    def add_plot(self, label, vals):
+        if vals:
+            self.plot.append((label, statistics.median(vals), min(vals), max(vals)))
+
+    def limit(self, dev, base_wl, cr, cw, wl):
+        """Per-repetition IOPS of the physical limit: the baseline I/O plus one
+        chunk read from the device and one chunk write to the storage device
+        per chunk first touched."""
+        base = self.fio.get(("base", dev, base_wl), {})
+        rd = self.fio.get(("limit", dev, cr), {})
+        wr = self.fio.get(("limit", dev, cw), {})
+        chunks_per_io = 4 if wl == "ft1m" else 1  # 1 MiB over 256 KiB chunks
+        out = {}
+        for r in base:
+            if r in rd and r in wr:
+                t = 1 / base[r] + chunks_per_io * (1 / rd[r] + 1 / wr[r])
+                out[r] = 1 / t
+        return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    fio = load_fio(a.results)
+    recs = load_records(a.results)
+    params = next((r for r in recs if r["type"] == "params"), {})
+    rp = Report(fio)
+    md = []
+    w = md.append
+
+    w("# blksnap-rs benchmark")
+    w("")
+    w(f"Kernel {params.get('kernel', '?')} (release build) under QEMU TCG, 2 vCPUs; "
+      f"{params.get('reps', '?')} repetitions, {params.get('runtime', '?')} s per timed fio run, "
+      f"{params.get('region_mib', '?')} MiB region per job, chunk size "
+      f"{int(params.get('chunk', 262144)) >> 10} KiB (blksnap and dm-snapshot). "
+      "Each figure is a ratio of two fio runs of the same repetition in the same VM run; "
+      "cells are `median (min-max)` over the repetitions. The baseline is the same device "
+      "with no tracker and no snapshot.")
+    w("")
+
+    w("## 1, 2: tracking only, and a snapshot held with every chunk copied")
+    w("")
+    w("| device | workload | 1. tracking only / untracked | 2. steady state / no snapshot |")
+    w("|---|---|---|---|")
+    for dev, dname in DEVICES:
+        for wl, wname in WRITES:
+            t = rp.ratios(("track", dev, wl), ("base", dev, wl))
+            s = rp.ratios(("steady", dev, wl), ("base", dev, wl))
+            w(f"| {dname} | {wname} | {rp.cell(t)} | {rp.cell(s)} |")
+            rp.target(f"tracking only >= 0.98: {dev} {wname}", t, lambda m: m >= 0.98)
+            rp.target(f"steady state >= 0.95: {dev} {wname}", s, lambda m: m >= 0.95)
+            rp.add_plot(f"1 track {dev} {wl}", t)
+            rp.add_plot(f"2 steady {dev} {wl}", s)
+    w("")
+
+    w("## 3: first write to every chunk (copy-on-write)")
+    w("")
+    w("Ratio to the same workload on the device without snapshot. 4 KiB writes go to a "
+      "random place of every chunk of the region once, in random order; 1 MiB writes make "
+      "one sequential pass. The physical limit adds, per chunk first touched, one chunk-sized "
+      "read of the device and one chunk-sized write to the storage device (each measured "
+      "alone with fio at the same queue depth).")
+    w("")
+    w("| device | workload | " + " | ".join(n for _, n in COW) + " | physical limit |")
+    w("|---|---|" + "---|" * (len(COW) + 1))
+    comp = []
+    for dev, dname in DEVICES:
+        for ft, bwl, cr, cw, wname in FIRST:
+            cells = []
+            per = {}
+            for kind, _ in COW:
+                v = rp.ratios((f"cow-{kind}", dev, ft), ("base", dev, bwl))
+                per[kind] = fio.get((f"cow-{kind}", dev, ft), {})
+                cells.append(rp.cell(v))
+                if kind in ("blksnap-other", "dmN-other"):
+                    rp.add_plot(f"3 {kind} {dev} {ft}", v)
+            lim = rp.limit(dev, bwl, cr, cw, ft)
+            base = fio.get(("base", dev, bwl), {})
+            lv = [lim[r] / base[r] for r in sorted(lim) if r in base]
+            cells.append(rp.cell(lv))
+            w(f"| {dname} | {wname} | " + " | ".join(cells) + " |")
+            row = []
+            for where in ("other", "same"):
+                b = per[f"blksnap-{where}"]
+                for mode in ("N", "P"):
+                    d = per[f"dm{mode}-{where}"]
+                    v = [b[r] / d[r] for r in sorted(b) if r in d]
+                    row.append(rp.cell(v))
+                    rp.target(f"first-touch COW faster than dm-snapshot ({'transient' if mode == 'N' else 'persistent'}, "
+                              f"storage on the {where} device): {dev} {wname}", v, lambda m: m > 1.0)
+                v = [b[r] / lim[r] for r in sorted(b) if r in lim]
+                row.append(rp.cell(v))
+                rp.target(f"first-touch COW within 1.5x of the physical limit (storage on the {where} device): "
+                          f"{dev} {wname}", v, lambda m: m >= 1 / 1.5)
+            comp.append(f"| {dname} | {wname} | " + " | ".join(row) + " |")
+    w("")
+    w("blksnap against dm-snapshot and against the physical limit (above 1: blksnap is faster):")
+    w("")
+    w("| device | workload | / dm transient (other) | / dm persistent (other) | / limit (other) "
+      "| / dm transient (same) | / dm persistent (same) | / limit (same) |")
+    w("|---|---|---|---|---|---|---|---|")
+    md.extend(comp)
+    w("")
+
+    w("## 4: snapshot image reads")
+    w("")
+    w("| device | workload | unchanged image / original | fully copied image / original |")
+    w("|---|---|---|---|")
+    for dev, dname in DEVICES:
+        for wl, wname, goal in READS:
+            c = rp.ratios(("imgclean", dev, wl), ("base", dev, wl))
+            f = rp.ratios(("imgcopied", dev, wl), ("base", dev, wl))
+            w(f"| {dname} | {wname} | {rp.cell(c)} | {rp.cell(f)} |")
+            rp.target(f"image reads >= {goal}: unchanged image, {dev} {wname}", c, lambda m, g=goal: m >= g)
+            rp.target(f"image reads >= {goal}: copied image, {dev} {wname}", f, lambda m, g=goal: m >= g)
+            rp.add_plot(f"4 img {dev} {wl}", c)
+            rp.add_plot(f"4 imgcopied {dev} {wl}", f)
+    w("")
+
+    w("## 5: write stall during take (ramdisks)")
+    w("")
+    w("One thread per device writes 4 KiB blocks at queue depth 1 while `blksnap snapshot_take` runs. "
+      "*stall*: the longest write in flight during the take; *gap*: the longest time without a "
+      "completed write on a device during the take; *before*: the longest write in the second "
+      "before the take. Milliseconds, median (min-max).")
+    w("")
+    w("| devices | take command | stall | gap | before |")
+    w("|---|---|---|---|---|")
+    for n in ("1", "4"):
+        rs = [r for r in recs if r["type"] == "stall" and r.get("devices") == n]
+
+        def col(k):
+            v = [float(r[k]) for r in rs if k in r]
+            if not v:
+                return "n/a"
+            return f"{statistics.median(v):.1f} ({min(v):.1f}-{max(v):.1f})"
+        w(f"| {n} | {col('take_ms')} | {col('stall_ms')} | {col('gap_ms')} | {col('base_ms')} |")
+        v = [float(r["stall_ms"]) for r in rs if "stall_ms" in r]
+        if v:
+            m = statistics.median(v)
+            rp.targets.append((f"take stall < 50 ms ({n} device{'s' if n != '1' else ''})", m < 50,
+                               f"median {m:.1f} ms"))
+    w("")
+
+    w("## 6: module memory")
+    w("")
+    w("Changes of the kernel's counters (`/proc/meminfo`, caches dropped before each reading): "
+      "Slab + VmallocUsed + Percpu, and the drop of MemFree (which also sees page allocations "
+      "outside slab and vmalloc, and noise).")
+    w("")
+    w("| what | slab | vmalloc | percpu | slab+vmalloc+percpu | MemFree drop | theoretical minimum | ratio |")
+    w("|---|---|---|---|---|---|---|---|")
+
+    def kib(x):
+        return f"{x / 1024:.2f} MiB" if abs(x) >= 1024 else f"{x} KiB"
+    for r in recs:
+        if r["type"] != "mem":
+            continue
+        d = {k: int(r.get(f"after.{k}", 0)) - int(r.get(f"before.{k}", 0))
+             for k in ("Slab", "VmallocUsed", "Percpu", "MemFree")}
+        total = d["Slab"] + d["VmallocUsed"] + d["Percpu"]
+        if r.get("what") == "tracking":
+            shift = int(r.get("block_shift", 16))
+            blocks = (int(r.get("size_gib", 64)) << 30) >> shift
+            minimum = blocks // 1024  # one byte per tracking block, KiB
+            what = f"tracking a {r.get('size_gib')} GiB sparse device ({blocks} blocks of {1 << shift >> 10} KiB)"
+            mind = f"{kib(minimum)} (1 byte per block)"
+        else:
+            n = int(r.get("chunks", 0))
+            minimum = n * 8 // 1024  # chunk number -> storage slot, 2 x 32 bits
+            what = f"{n} copied chunks of {r.get('chunk_kib')} KiB ({total * 1024 / max(n, 1):.0f} bytes/chunk)"
+            mind = f"{kib(minimum)} (8 bytes per chunk)"
+        ratio = f"{total / minimum:.1f}x" if minimum else "n/a"
+        w(f"| {what} | {kib(d['Slab'])} | {kib(d['VmallocUsed'])} | {kib(d['Percpu'])} | {kib(total)} "
+          f"| {kib(-d['MemFree'])} | {mind} | {ratio} |")
+    w("")
+
+    w("## Targets")
+    w("")
+    w("| target | met | |")
+    w("|---|---|---|")
+    for text, ok, detail in rp.targets:
+        mark = "n/a" if ok is None else ("yes" if ok else "**no**")
+        w(f"| {text} | {mark} | {detail} |")
+    w("")
+
+    png = os.path.splitext(a.out)[0] + ".png"
+    if make_plot(rp.plot, png):
+        w(f"![ratios]({os.path.basename(png)})")
+        w("")
+    with open(a.out, "w") as f:
+        f.write("\n".join(md))
+    print(a.out)
+
+
+def make_plot(rows, png):
+    if not rows:
+        return False
+    gp = shutil.which("gnuplot")
+    if not gp:
+        print("bench-report: gnuplot is missing, no plot", file=sys.stderr)
+        return False
+    dat = png[:-4] + ".dat"
+    with open(dat, "w") as f:
+        for i, (label, m, lo, hi) in enumerate(rows):
+            f.write(f'{i} "{label}" {m:.4f} {lo:.4f} {hi:.4f}\n')
+    width = max(900, 22 * len(rows) + 200)
+    script = f"""
+set terminal pngcairo size {width},600 font ",9"
+set output "{png}"
+set title "blksnap-rs: ratio to the baseline in the same run (median, min-max)"
+set style fill solid 0.6 border -1
+set boxwidth 0.7
+set yrange [0:*]
+set grid ytics
+set xtics rotate by -60 left nomirror
+set key off
+set ylabel "ratio"
+set bmargin 12
+set rmargin 12
+plot "{dat}" using 1:3:xtic(2) with boxes lc rgb "#4477aa", \\
+     "{dat}" using 1:3:4:5 with yerrorbars lc rgb "black" pt 0, \\
+     1 with lines lc rgb "#cc3311" dt 2
+"""
+    try:
+        subprocess.run([gp], input=script, text=True, check=True)
+    except (subprocess.CalledProcessError, OSError) as e:
+        print(f"bench-report: gnuplot failed: {e}", file=sys.stderr)
+        return False
+    return os.path.exists(png)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,379 @@
+#!/usr/bin/env bash
+# The benchmark: what tracking and snapshots cost the I/O of the devices they
+# protect, measured with fio in the test VM, side by side with dm-snapshot.
+#
+#   scripts/bench.sh [--quick] [--out FILE] [--reps N] [--runtime SECONDS]
+#
+# On the host: installs missing packages, builds or reuses the release test
+# kernel, builds blksnap.ko and the blksnap CLI, creates two file-backed
+# virtio disks and boots the kernel under QEMU with them. In the VM (this
+# script with --guest) fio runs every scenario against a ramdisk (brd: the CPU
+# cost of the code path) and the virtio disk (I/O bound), alternating the
+# baseline and the measured variant inside each repetition. Back on the host,
+# scripts/bench-report.py turns the fio JSON into ratios (median, min-max over
+# the repetitions) and writes FILE (Markdown table, default
+# target/bench/report.md) and a plot next to it (FILE with .png).
+#
+#   --quick            short runs and small devices, for development
+#   --reps N           repetitions (default 5, quick 2)
+#   --runtime SECONDS  length of each timed fio run (default 5, quick 2)
+#   --out FILE         the report (the raw results go to FILE's directory)
+#
+# Scenarios: 1 tracking only; 2 snapshot held, every chunk copied; 3 first
+# write to every chunk (COW) against dm-snapshot and the physical limit;
+# 4 snapshot image reads; 5 how long writes stall during take; 6 module
+# memory. docs/benchmarks.md says what each one measures.
+# shellcheck source-path=SCRIPTDIR
+source "$(dirname "$0")/common.sh"
+
+# ---------------------------------------------------------------- guest side
+
+CHUNK=$((256 << 10))   # blksnap chunk_minimum_shift=18 and dm-snapshot chunk size
+FIO_COMMON=(--direct=1 --ioengine=libaio --output-format=json --eta=never)
+
+# Sizes in MiB and counts; the host passes BENCH_* (see the host side).
+setup_params() {
+	REPS=${BENCH_REPS:-2}
+	RUNTIME=${BENCH_RUNTIME:-2}
+	R=${BENCH_REGION_MIB:-32}        # the region every write/read job covers
+	MEM_CHUNKS=${BENCH_MEM_CHUNKS:-20000} # a multiple of 16
+	RES=$BLKSNAP_VM_OUT/results
+	CLI=${BENCH_CLI:-$BLKSNAP_ROOT/target/release/blksnap}
+	KO=$BLKSNAP_ROOT/blksnap.ko
+	mkdir -p "$RES/fio"
+	: >"$RES/results.txt"
+}
+
+# Whether scenario group $1 (held, cow, stall, mem) runs: all of them, or
+# those in $BENCH_ONLY (for development).
+want() { [ -z "${BENCH_ONLY:-}" ] || [[ " $BENCH_ONLY " == *" $1 "* ]]; }
+
+# A key=value record for the report.
+record() { echo "$*" >>"$RES/results.txt"; }
+note() { printf '[bench %s] %s\n' "$(date +%T)" "$*"; }
+
+# fio_jobs KIND D REP DEV WORKLOAD...: one fio run of these workloads on DEV,
+# one after the other (fio starts slowly under TCG); the JSON goes to
+# $RES/fio/KIND.D.REP.WORKLOADS.json, and the report finds each job by its name,
+# KIND.D.WORKLOAD.REP (D is the device's label). Workloads:
+#   w4k1 w4k32  random 4 KiB writes, queue depth 1 / 32, timed
+#   s1m         sequential 1 MiB writes, timed
+#   r1m r4k     sequential 1 MiB / random 4 KiB reads, timed
+#   ft4k1 ft4k32  one 4 KiB write into every chunk of the region, random order
+#   ft1m        one pass of sequential 1 MiB writes over the region
+#   fill        the same as ft1m, at queue depth 8 (not reported)
+#   cr1 cr32    random chunk-sized reads (queue depth 1 / 32), timed
+#   cw1 cw32    random chunk-sized writes (queue depth 1 / 32), timed
+fio_jobs() {
+	local kind=$1 d=$2 rep=$3 dev=$4 name wl args=()
+	shift 4
+	# (fio would make a regular file of a missing device node)
+	[ -b "$dev" ] || { note "$dev is not a block device"; return 1; }
+	for wl in "$@"; do
+		name=$kind.$d.$wl.$rep
+		args+=(--name="$name" --filename="$dev" --stonewall)
+		case $wl in
+		w4k1) args+=(--rw=randwrite --bs=4k --iodepth=1) ;;
+		w4k32) args+=(--rw=randwrite --bs=4k --iodepth=32) ;;
+		s1m) args+=(--rw=write --bs=1M --iodepth=1) ;;
+		r1m) args+=(--rw=read --bs=1M --iodepth=1) ;;
+		r4k) args+=(--rw=randread --bs=4k --iodepth=1) ;;
+		cr1) args+=(--rw=randread --bs="$CHUNK" --iodepth=1) ;;
+		cr32) args+=(--rw=randread --bs="$CHUNK" --iodepth=32) ;;
+		cw1) args+=(--rw=randwrite --bs="$CHUNK" --iodepth=1) ;;
+		cw32) args+=(--rw=randwrite --bs="$CHUNK" --iodepth=32) ;;
+		ft4k1 | ft4k32)
+			iolog "$dev" >"/tmp/bench-$name.iolog"
+			args+=(--read_iolog="/tmp/bench-$name.iolog" --iodepth="${wl#ft4k}")
+			;;
+		ft1m) args+=(--rw=write --bs=1M --iodepth=1 --size="${R}M") ;;
+		fill) args+=(--rw=write --bs=1M --iodepth=8 --size="${R}M") ;;
+		*) die "unknown workload $wl" ;;
+		esac
+		case $wl in
+		ft* | fill) ;;
+		*) args+=(--size="${R}M" --time_based --runtime="$RUNTIME" --randrepeat=0 --norandommap) ;;
+		esac
+	done
+	fio "${FIO_COMMON[@]}" "${args[@]}" --output="$RES/fio/$kind.$d.$rep.$(IFS=-; echo "$*").json" >/dev/null ||
+		{ note "fio failed: $kind $d $rep $*"; return 1; }
+	rm -f /tmp/bench-*.iolog
+}
+
+# A fio replay log: one 4 KiB write at a random place of every chunk of the
+# region, the chunks in random order.
+iolog() {
+	local dev=$1
+	echo "fio version 2 iolog"
+	echo "$dev add"
+	echo "$dev open"
+	seq 0 $((R * 1048576 / CHUNK - 1)) | shuf |
+		awk -v dev="$dev" -v cs=$CHUNK 'BEGIN { srand() }
+			{ printf "%s write %d 4096\n", dev, $1 * cs + int(rand() * cs / 4096) * 4096 }'
+	echo "$dev close"
+}
+
+val() { sed -n "s/^$1=//p" <<<"$2" | head -n1; }
+
+# snap_make DEV STORE_DEV START_SECTOR COUNT: a taken snapshot of DEV; sets SID
+# and IMG.
+snap_make() {
+	local out
+	out=$("$CLI" snapshot_create -d "$1") || return 1
+	SID=$(val id "$out")
+	"$CLI" snapshot_appendstorage -i "$SID" -d "$2" -r "$3:$4" >/dev/null || return 1
+	"$CLI" snapshot_take -i "$SID" >/dev/null || return 1
+	out=$("$CLI" snapshot_collect -i "$SID") || return 1
+	IMG=$(val image "$out")
+	for _ in 1 2 3 4 5 6 7 8 9 10; do [ -b "$IMG" ] && break; sleep 0.2; done
+	[ -b "$IMG" ]
+}
+snap_drop() { "$CLI" snapshot_destroy -i "$SID" >/dev/null; }
+# Attaches a tracker to DEV (a snapshot created and destroyed leaves it).
+track() {
+	local out
+	out=$("$CLI" snapshot_create -d "$1") || return 1
+	"$CLI" snapshot_destroy -i "$(val id "$out")" >/dev/null
+}
+untrack() { "$CLI" tracker_remove -d "$1" >/dev/null 2>&1 || true; }
+
+# dm_create NAME TABLE: a device-mapper device; prints its /dev/dm-N path
+# (devtmpfs makes that node; nothing here makes /dev/mapper links).
+dm_create() {
+	local mm path
+	dmsetup create --noudevsync "$1" --table "$2" >/dev/null || return 1
+	mm=$(dmsetup info -c --noheadings -o major,minor "$1") || return 1
+	mm=${mm// /}
+	path=/dev/dm-${mm#*:}
+	for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+		[ -b "$path" ] && break
+		sleep 0.2
+	done
+	[ -b "$path" ] || { note "no device node $path for $1"; return 1; }
+	echo "$path"
+}
+
+# dm-snapshot of DEV with COW on COWDEV (N transient, P persistent); sets
+# ORIGIN, the device the writes go to.
+dm_make() {
+	local dev=$1 cow=$2 mode=$3 sect
+	sect=$(blockdev --getsz "$dev")
+	ORIGIN=$(dm_create bench-origin "0 $sect snapshot-origin $dev") || return 1
+	# A persistent store starts from a clean header.
+	if [ "$mode" = P ]; then
+		dd if=/dev/zero of="$cow" bs=$CHUNK count=1 oflag=direct status=none || return 1
+	fi
+	dm_create bench-snap "0 $sect snapshot $dev $cow $mode $((CHUNK / 512))" >/dev/null
+}
+dm_drop() {
+	dmsetup remove --noudevsync bench-snap 2>/dev/null
+	dmsetup remove --noudevsync bench-origin 2>/dev/null
+	true
+}
+
+# Scenarios 1, 2 and 4 for one device: D is its label, DEV the device, STORE
+# the other device that holds the difference storage.
+bench_held() {
+	local d=$1 dev=$2 store=$3 rep=$4 wl
+	note "$d rep $rep: baseline, tracking only, image reads, steady state"
+	untrack "$dev"
+	fio_jobs base "$d" "$rep" "$dev" w4k1 w4k32 s1m r1m r4k || return 1
+	track "$dev" || return 1
+	fio_jobs track "$d" "$rep" "$dev" w4k1 w4k32 s1m || return 1
+	snap_make "$dev" "$store" 0 $((2 * R * 2048)) || return 1
+	fio_jobs imgclean "$d" "$rep" "$IMG" r1m r4k || return 1
+	fio_jobs fill "$d" "$rep" "$dev" fill || return 1
+	fio_jobs imgcopied "$d" "$rep" "$IMG" r1m r4k || return 1
+	fio_jobs steady "$d" "$rep" "$dev" w4k1 w4k32 s1m || return 1
+	snap_drop || return 1
+	untrack "$dev"
+}
+
+# Scenario 3 for one device: first writes to every chunk, blksnap and
+# dm-snapshot, storage on STORE (another device) and on SAME (a dm-linear
+# device over the second part of DEV), and the chunk copy cost alone.
+bench_cow() {
+	local d=$1 dev=$2 store=$3 same=$4 rep=$5 wl where cow mode
+	note "$d rep $rep: first-touch copy-on-write"
+	for wl in ft4k1 ft4k32 ft1m; do
+		for where in other same; do
+			untrack "$dev"
+			if [ $where = other ]; then
+				snap_make "$dev" "$store" 0 $((2 * R * 2048)) || return 1
+			else
+				snap_make "$dev" "$dev" $((R * 2048)) $((2 * R * 2048)) || return 1
+			fi
+			fio_jobs "cow-blksnap-$where" "$d" "$rep" "$dev" $wl || return 1
+			snap_drop || return 1
+			untrack "$dev"
+			for mode in N P; do
+				if [ $where = other ]; then cow=$store; else cow=$same; fi
+				dm_make "$dev" "$cow" $mode || { dm_drop; return 1; }
+				fio_jobs "cow-dm$mode-$where" "$d" "$rep" "$ORIGIN" $wl || { dm_drop; return 1; }
+				dm_drop
+			done
+		done
+	done
+	# The physical limit: reading a chunk from DEV and writing it to STORE.
+	fio_jobs limit "$d" "$rep" "$dev" cr1 cr32 || return 1
+	fio_jobs limit "$d" "$rep" "$store" cw1 cw32 || return 1
+}
+
+# Scenario 5: writes to 1 or 4 ramdisks while their snapshot is taken.
+bench_stall() {
+	local rep=$1 n out sid devs
+	for n in 1 4; do
+		devs=(/dev/ram0 /dev/ram2 /dev/ram3 /dev/ram4)
+		devs=("${devs[@]:0:n}")
+		for d in "${devs[@]}"; do untrack "$d"; done
+		out=$("$CLI" snapshot_create -d "${devs[@]}") || return 1
+		sid=$(val id "$out")
+		"$CLI" snapshot_appendstorage -i "$sid" -d /dev/ram1 -r "0:$((2 * R * 2048))" >/dev/null || return 1
+		out=$(python3 "$BLKSNAP_ROOT/scripts/bench-stall.py" --cli "$CLI" --id "$sid" "${devs[@]}") ||
+			{ echo "$out"; return 1; }
+		record "stall devices=$n rep=$rep $out"
+		note "take stall, $n device(s): $out"
+		"$CLI" snapshot_destroy -i "$sid" >/dev/null || return 1
+		for d in "${devs[@]}"; do untrack "$d"; done
+	done
+}
+
+# /proc/meminfo figures (KiB) after the caches are dropped.
+meminfo() {
+	sync
+	echo 3 >/proc/sys/vm/drop_caches
+	sleep 1
+	awk '/^(Slab|VmallocUsed|Percpu|MemFree):/ { sub(":", "", $1); printf "%s=%s ", $1, $2 }' /proc/meminfo
+}
+
+# Scenario 6: module memory for tracking a sparse 64 GiB device (dm-zero)
+# and for MEM_CHUNKS copied 4 KiB chunks (storage on the virtio disk).
+bench_mem() {
+	local zero m0 m1 m2 m3 out sid
+	insmod "$KO" chunk_minimum_shift=12 chunk_maximum_count=16777216 || return 1
+	zero=$(dm_create bench-zero "0 $((64 << 21)) zero") || return 1
+	m0=$(meminfo)
+	track "$zero" || return 1
+	m1=$(meminfo)
+	record "mem what=tracking size_gib=64 block_shift=$(cat /sys/module/blksnap/parameters/tracking_block_minimum_shift) before: $m0 after: $m1"
+	out=$("$CLI" snapshot_create -d "$zero") || return 1
+	sid=$(val id "$out")
+	"$CLI" snapshot_appendstorage -i "$sid" -d /dev/vdb -r "0:$(((MEM_CHUNKS * 4 + 4096) * 2))" >/dev/null || return 1
+	"$CLI" snapshot_take -i "$sid" >/dev/null || return 1
+	m2=$(meminfo)
+	fio --name=memfill --filename="$zero" "${FIO_COMMON[@]}" --rw=write --bs=64k --iodepth=8 \
+		--size=$((MEM_CHUNKS * 4))k --output=/dev/null || return 1
+	m3=$(meminfo)
+	record "mem what=chunks chunks=$MEM_CHUNKS chunk_kib=4 before: $m2 after: $m3"
+	note "memory: tracking 64 GiB: $m0 -> $m1; $MEM_CHUNKS chunks: $m2 -> $m3"
+	"$CLI" snapshot_destroy -i "$sid" >/dev/null
+	untrack "$zero"
+	rmmod blksnap
+	dmsetup remove --noudevsync bench-zero
+}
+
+guest() {
+	local rep same vsame
+	setup_params
+	note "Linux $(uname -r), $(nproc) CPUs; reps=$REPS runtime=${RUNTIME}s region=${R}MiB"
+	record "params reps=$REPS runtime=$RUNTIME region_mib=$R chunk=$CHUNK kernel=$(uname -r)"
+	[ -x "$CLI" ] || die "the CLI is not built ($CLI)"
+	{ [ -b /dev/vda ] && [ -b /dev/vdb ]; } || die "the virtio disks are missing"
+	# brd devices of 3 regions: the region, then room for storage on the same device.
+	modprobe brd rd_nr=5 rd_size=$((3 * R * 1024)) max_part=0 || return 1
+	for _ in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/ram4 ] && break; sleep 0.2; done
+	# Every block written once first: brd allocates its pages on the first
+	# write, and that must not count against whatever runs first.
+	dd if=/dev/zero of=/dev/ram0 bs=1M count=$((3 * R)) oflag=direct status=none
+	dd if=/dev/zero of=/dev/ram1 bs=1M count=$((3 * R)) oflag=direct status=none
+	for n in 2 3 4; do dd if=/dev/zero of=/dev/ram$n bs=1M count=16 oflag=direct status=none; done
+	insmod "$KO" chunk_minimum_shift=18 || return 1
+	same=$(dm_create bench-same-brd "0 $((2 * R * 2048)) linear /dev/ram0 $((R * 2048))") || return 1
+	vsame=$(dm_create bench-same-vd "0 $((2 * R * 2048)) linear /dev/vda $((R * 2048))") || return 1
+	for ((rep = 0; rep < REPS; rep++)); do
+		if want held; then
+			bench_held brd /dev/ram0 /dev/ram1 $rep || return 1
+			bench_held virtio /dev/vda /dev/vdb $rep || return 1
+		fi
+		if want cow; then
+			bench_cow brd /dev/ram0 /dev/ram1 "$same" $rep || return 1
+			bench_cow virtio /dev/vda /dev/vdb "$vsame" $rep || return 1
+		fi
+		if want stall; then bench_stall $rep || return 1; fi
+	done
+	dmsetup remove --noudevsync bench-same-brd bench-same-vd
+	rmmod blksnap || return 1
+	if want mem; then bench_mem || return 1; fi
+	rmmod brd
+	note "done"
+}
+
+if [ "${1:-}" = --guest ]; then
+	[ "${BLKSNAP_VM:-}" = 1 ] || die "--guest runs inside the test VM only"
+	guest
+	exit
+fi
+
+# ----------------------------------------------------------------- host side
+
+quick=0 out='' reps='' runtime=''
+while (($#)); do
+	case $1 in
+	--quick) quick=1 ;;
+	--out) (($# >= 2)) || die "--out wants a file"; out=$2; shift ;;
+	--out=*) out=${1#*=} ;;
+	--reps) (($# >= 2)) || die "--reps wants a number"; reps=$2; shift ;;
+	--runtime) (($# >= 2)) || die "--runtime wants seconds"; runtime=$2; shift ;;
+	-h | --help) sed -n '2,/^# shellcheck/{/^# shellcheck/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+	*) die "usage: scripts/bench.sh [--quick] [--out FILE] [--reps N] [--runtime SECONDS]" ;;
+	esac
+	shift
+done
+if ((quick)); then
+	: "${reps:=2}" "${runtime:=2}"
+	region=32 mem_chunks=20000 timeout=2400
+else
+	: "${reps:=5}" "${runtime:=5}"
+	region=128 mem_chunks=100000 timeout=$((3600 * 3))
+fi
+[[ $reps =~ ^[1-9][0-9]*$ && $runtime =~ ^[1-9][0-9]*$ ]] || die "--reps and --runtime want positive numbers"
+: "${out:=$BLKSNAP_ROOT/target/bench/report.md}"
+mkdir -p "$(dirname "$out")"
+out=$(cd "$(dirname "$out")" && pwd)/$(basename "$out")
+dir=$(dirname "$out")
+
+log "packages"
+"$BLKSNAP_ROOT/scripts/deps.sh"
+# The benchmark is about the release kernel, whatever the environment says.
+BLKSNAP_DEBUG=0
+if [ -z "${KDIR:-}" ]; then
+	KDIR=$("$BLKSNAP_ROOT/scripts/kernel.sh")
+fi
+export KDIR BLKSNAP_DEBUG
+log "kernel: $KDIR"
+mkdir -p "$BLKSNAP_ROOT/target"
+flock "$BLKSNAP_ROOT/target/.module-build.lock" make -s -C "$BLKSNAP_ROOT" KDIR="$KDIR"
+(cd "$BLKSNAP_ROOT" && cargo build --release --workspace --quiet)
+
+# The virtio disks: files created fresh for every run, written in full so
+# that no first write allocates blocks of the host's file system.
+work=$dir/work
+rm -rf "$work"
+mkdir -p "$work"
+store_mib=$((2 * region))
+((store_mib > mem_chunks * 4 / 1024 + 8)) || store_mib=$((mem_chunks * 4 / 1024 + 8))
+dd if=/dev/zero of="$work/disk.img" bs=1M count=$((3 * region)) status=none
+dd if=/dev/zero of="$work/store.img" bs=1M count="$store_mib" status=none
+
+log "running the benchmark in the VM (reps=$reps, runtime=${runtime}s, region=${region} MiB)"
+rc=0
+"$BLKSNAP_ROOT/scripts/vm.sh" --timeout "$timeout" --out "$work/vm" \
+	--disk "$work/disk.img" --disk "$work/store.img" \
+	-e BENCH_REPS="$reps" -e BENCH_RUNTIME="$runtime" -e BENCH_REGION_MIB="$region" \
+	-e BENCH_MEM_CHUNKS="$mem_chunks" -- scripts/bench.sh --guest || rc=$?
+rm -f "$work/disk.img" "$work/store.img"
+
+# A failed run still reports what it measured.
+python3 "$BLKSNAP_ROOT/scripts/bench-report.py" --results "$work/vm/results" --out "$out"
+log "report: $out"
+((rc == 0)) || die "the benchmark failed in the VM (exit status $rc); the report is partial"
