@@ -25,9 +25,25 @@ KMAKE_ARGS += CLIPPY=1 CLIPPY_DRIVER=$(CLIPPY_DRIVER)
 endif
 endif
 
+# What was built against one kernel tree is wrong for another (struct layouts
+# follow the config, and Kbuild's command lines look the same for every
+# tree), so building against a different tree or config cleans first.
+KDIR_ID := $(shell cd '$(KDIR)' && { pwd -P; cat .config; } | md5sum | cut -c1-32)
+KDIR_STAMP := $(ROOT).blksnap-kdir
+KBUILD = PATH="$(KMAKE_PATH)" $(MAKE) -C $(KDIR) M=$(ROOT:%/=%) $(KMAKE_ARGS)
+
 all: modules
 
-modules modules_install clean:
-	PATH="$(KMAKE_PATH)" $(MAKE) -C $(KDIR) M=$(ROOT:%/=%) $(KMAKE_ARGS) $@
+modules:
+	@if [ "$$(cat $(KDIR_STAMP) 2>/dev/null)" != "$(KDIR_ID)" ]; then \
+		$(KBUILD) clean && echo $(KDIR_ID) >$(KDIR_STAMP); fi
+	$(KBUILD) $@
+
+modules_install:
+	$(KBUILD) $@
+
+clean:
+	$(KBUILD) $@
+	rm -f $(KDIR_STAMP)
 
 .PHONY: all modules modules_install clean

@@ -12,9 +12,10 @@
 //! chunk not copied yet read the original, and a write to that chunk waits
 //! until those reads are done.
 //!
-//! When the storage runs out, or storage I/O fails, the snapshot becomes
-//! corrupted: one `corrupted` event, image I/O fails from then on, and
-//! writes to the original devices go through untouched.
+//! When the storage runs out, a chunk cannot be copied or a write to an
+//! image fails, the snapshot becomes corrupted: one `corrupted` event, image
+//! I/O fails from then on, and writes to the original devices go through
+//! untouched.
 //!
 //! Locking:
 //! * `DiffArea::chunks` (IRQ-safe spinlock; the bio filter reads it in
@@ -392,6 +393,12 @@ impl DiffArea {
             }
             drop(chunks);
             let result = self.copy(c);
+            if let Err(e) = result {
+                // The chunk's original data is lost to the snapshot.
+                if self.active.load(Ordering::Acquire) {
+                    self.storage.corrupt(self.tracker.dev(), e);
+                }
+            }
             let mut chunks = self.chunks.lock();
             if let Some(ch) = chunks.get_mut(&c) {
                 ch.state = match result {
@@ -425,11 +432,11 @@ impl DiffArea {
     /// within one chunk (the image disk's limits split it).
     pub(crate) fn image_io(&self, bio: Bio) {
         let result = self.do_image_io(&bio);
-        if result.is_err() && self.active.load(Ordering::Acquire) {
-            if let Err(e) = result {
-                if e != EIO {
-                    self.storage.corrupt(self.tracker.dev(), e);
-                }
+        if let Err(e) = result {
+            // A failed write loses what the image was given; a read that
+            // failed with a device's I/O error only fails.
+            if (bio.is_write() || e != EIO) && self.active.load(Ordering::Acquire) {
+                self.storage.corrupt(self.tracker.dev(), e);
             }
         }
         bio.end(result);

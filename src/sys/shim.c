@@ -292,7 +292,12 @@ struct gendisk *blksnap_disk_create(int major, int minor, const char *name,
 	ret = add_disk(disk);
 	if (ret) {
 		put_disk(disk);
-		return ERR_PTR(ret);
+		/*
+		 * Every argument is valid here, yet device_add() reports a failed
+		 * allocation of the device's name (dev_set_name() in add_disk())
+		 * as -EINVAL: to the caller that is running out of memory.
+		 */
+		return ERR_PTR(ret == -EINVAL ? -ENOMEM : ret);
 	}
 	return disk;
 }
