@@ -11,7 +11,7 @@
 # scripts from tests/vm/). A failed step does not stop the later ones.
 #
 #   --debug            use the debug kernel (KASAN, lockdep, kmemleak); same as BLKSNAP_DEBUG=1
-#   --timeout SECONDS  limit for the VM run (default $BLKSNAP_VM_TIMEOUT, else 3600, 7200 with --debug)
+#   --timeout SECONDS  limit for the VM run (default $BLKSNAP_VM_TIMEOUT, else 3600, 14400 with --debug)
 #
 # Output is KTAP; the last line is "N passed, N failed, N skipped" over the
 # individual cases (build steps, host tests, VM tests; a VM crash, timeout or
@@ -35,8 +35,13 @@ while (($#)); do
 	esac
 	shift
 done
+# The debug kernel runs the scripts several times slower.
+if [ "$BLKSNAP_DEBUG" = 1 ]; then
+	: "${BLKSNAP_TEST_TIMEOUT:=3600}"
+	export BLKSNAP_TEST_TIMEOUT
+fi
 if [ -z "$timeout" ]; then
-	timeout=${BLKSNAP_VM_TIMEOUT:-$([ "$BLKSNAP_DEBUG" = 1 ] && echo 7200 || echo 3600)}
+	timeout=${BLKSNAP_VM_TIMEOUT:-$([ "$BLKSNAP_DEBUG" = 1 ] && echo 14400 || echo 3600)}
 fi
 export CARGO_TERM_COLOR=never
 

@@ -73,7 +73,8 @@ for script in "${scripts[@]}"; do
 	fi
 	if blksnap_loaded; then
 		extra+=("left the blksnap module loaded")
-		rmmod blksnap 2>/dev/null
+		# A killed script's processes may still be finishing their calls.
+		for _ in $(seq 30); do rmmod blksnap 2>/dev/null && break; sleep 1; done
 	fi
 	# Whatever a failed script left behind must not fail the next ones.
 	mounted=$(awk '$1 ~ "^/dev/(ram|loop|mapper/|dm-|blksnap-image)" {print $2}' /proc/mounts | tac)
@@ -90,7 +91,8 @@ for script in "${scripts[@]}"; do
 		losetup -D
 	fi
 	if [ -e /sys/module/brd ] && ! rmmod brd 2>/dev/null; then
-		extra+=("left brd in use")
+		for _ in $(seq 30); do sleep 1; rmmod brd 2>/dev/null && break; done
+		[ -e /sys/module/brd ] && extra+=("left brd in use")
 	fi
 	rm -f "$log"
 
