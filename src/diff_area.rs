@@ -31,14 +31,14 @@ use crate::{
     event_queue::EventQueue,
     sys::{
         bdev::{self, BlockDevice},
-        bio::{page_io, Bio},
+        bio::{page_io, Bio, Redirect},
         sync::{new_irq_spinlock, IrqSpinLock},
         CowQueue,
     },
     tracker::Tracker,
     uapi,
 };
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use kernel::{
     new_condvar, new_mutex,
     page::{Page, PAGE_SIZE},
@@ -50,8 +50,6 @@ use kernel::{
 /// What the difference storage holds under its lock.
 struct StorageInner {
     accounting: DiffStorage<KVec<Extent>>,
-    /// The storage devices, opened at append.
-    devices: KVec<Arc<BlockDevice>>,
 }
 
 /// A snapshot's difference storage: the ranges user space appended, and
@@ -60,6 +58,11 @@ struct StorageInner {
 pub(crate) struct Storage {
     #[pin]
     inner: Mutex<StorageInner>,
+    /// The storage devices, opened at append and kept until the storage is
+    /// freed. Replaced (never changed in place) under `inner`, so lookups
+    /// from the image's submit path take only this spinlock.
+    #[pin]
+    devices: IrqSpinLock<KVec<Arc<BlockDevice>>>,
     corrupted: AtomicBool,
     /// Sectors to ask for in low_free_space events.
     minimum: u64,
@@ -71,11 +74,11 @@ impl Storage {
     pub(crate) fn new(minimum: u64, events: Arc<EventQueue>) -> Result<Arc<Self>> {
         let inner = StorageInner {
             accounting: DiffStorage::new(KVec::new()),
-            devices: KVec::new(),
         };
         Arc::pin_init(
             pin_init!(Storage {
                 inner <- new_mutex!(inner, "blksnap_storage"),
+                devices <- new_irq_spinlock!(KVec::new(), "blksnap_storage_devices"),
                 corrupted: AtomicBool::new(false),
                 minimum,
                 events,
@@ -111,10 +114,17 @@ impl Storage {
             .accounting
             .extents_mut()
             .reserve(ranges.len(), GFP_KERNEL)?;
-        if !inner.devices.iter().any(|d| d.dev() == dev) {
-            inner
-                .devices
-                .push(Arc::new(bdev, GFP_KERNEL)?, GFP_KERNEL)?;
+        if self.device(dev).is_err() {
+            // A new list with room for the new device, built outside the
+            // spinlock; appends are serialized by `inner`.
+            let bdev = Arc::new(bdev, GFP_KERNEL)?;
+            let mut devices = KVec::with_capacity(self.devices.lock().len() + 1, GFP_KERNEL)?;
+            let mut current = self.devices.lock();
+            for d in Iterator::chain(current.iter(), core::iter::once(&bdev)) {
+                // Within the capacity allocated above: does not allocate.
+                devices.push(d.clone(), GFP_NOWAIT)?;
+            }
+            core::mem::swap(&mut *current, &mut devices);
         }
         for r in ranges {
             let e = Extent {
@@ -171,19 +181,15 @@ impl Storage {
                 &self.minimum.to_ne_bytes(),
             );
         }
-        let bdev = inner.device(slot.dev)?;
+        drop(inner);
+        let bdev = self.device(slot.dev)?;
         Ok((slot, bdev))
     }
 
-    /// The open storage device `dev`.
-    fn device(&self, dev: u32) -> Result<Arc<BlockDevice>> {
-        self.inner.lock().device(dev)
-    }
-}
-
-impl StorageInner {
+    /// The open storage device `dev`. Does not sleep.
     fn device(&self, dev: u32) -> Result<Arc<BlockDevice>> {
         self.devices
+            .lock()
             .iter()
             .find(|d| d.dev() == dev)
             .cloned()
@@ -237,6 +243,9 @@ pub(crate) struct DiffArea {
     chunks: IrqSpinLock<RBTree<u64, Chunk>>,
     #[pin]
     changed: CondVar,
+    /// Image reads sent on by [`DiffArea::read_fast`] and not completed;
+    /// decremented under `chunks`, with `changed` signalled.
+    inflight: AtomicUsize,
 }
 
 impl DiffArea {
@@ -259,6 +268,7 @@ impl DiffArea {
                 active: AtomicBool::new(true),
                 chunks <- new_irq_spinlock!(RBTree::new(), "blksnap_chunks"),
                 changed <- new_condvar!("blksnap_chunk_changed"),
+                inflight: AtomicUsize::new(0),
             }),
             GFP_KERNEL,
         )
@@ -502,6 +512,114 @@ impl DiffArea {
                     return self.read_original(bio, c, sector);
                 }
             }
+        }
+    }
+
+    /// Serves an image read without waiting, from the image's submit path:
+    /// a read of one chunk that is stored, or not copied, is sent on to
+    /// the device holding its data, and completes in
+    /// [`DiffArea::read_done`]. Gives the bio back when it needs the
+    /// worker: a write, a chunk being copied, a failed allocation, or an
+    /// error to report. Does not sleep.
+    pub(crate) fn read_fast(&self, bio: Bio) -> Option<Bio> {
+        if bio.is_write() || !self.usable() {
+            return Some(bio);
+        }
+        let info = bio.info();
+        let (sector, count) = (info.sector(), info.sectors());
+        let range = self.chunk_range(sector, count);
+        if range.end - range.start != 1 {
+            return Some(bio);
+        }
+        let c = range.start;
+        let mut node = None;
+        let (storage, target, counted) = loop {
+            let mut chunks = self.chunks.lock();
+            match chunks.get_mut(&c) {
+                Some(ch) => match ch.state {
+                    State::NotCopied => {
+                        ch.readers += 1;
+                        break (None, sector, true);
+                    }
+                    State::Stored(slot) => {
+                        drop(chunks);
+                        let Ok(storage) = self.storage.device(slot.dev) else {
+                            return Some(bio);
+                        };
+                        let offset = sector - c * self.chunk_sectors();
+                        break (Some(storage), slot.sector + offset, false);
+                    }
+                    State::Copying | State::Failed => return Some(bio),
+                },
+                None => {
+                    let Some(reservation) = node.take() else {
+                        drop(chunks);
+                        match RBTreeNodeReservation::new(GFP_NOWAIT) {
+                            Ok(r) => node = Some(r),
+                            Err(_) => return Some(bio),
+                        }
+                        continue;
+                    };
+                    let chunk = Chunk {
+                        state: State::NotCopied,
+                        readers: 1,
+                    };
+                    chunks.insert(RBTreeNodeReservation::into_node(reservation, c, chunk));
+                    break (None, sector, true);
+                }
+            }
+        };
+        let bdev = storage.as_deref().unwrap_or(self.tracker.bdev());
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        let tag = Redirect {
+            ctx: core::ptr::from_ref(self).cast(),
+            tag: c << 1 | u64::from(counted),
+        };
+        // SAFETY: `self` and `bdev` (a storage device of `self.storage`, or
+        // the original) outlive the read: `wait_reads` waits for `inflight`
+        // to drop to zero before the image lets go of its area.
+        match unsafe { bio.redirect(bdev, target, tag) } {
+            Ok(()) => None,
+            Err(bio) => {
+                // Not sent: undo the counting; the worker serves it.
+                let _ = self.read_done(c << 1 | u64::from(counted), Ok(()));
+                Some(bio)
+            }
+        }
+    }
+
+    /// Completes a read sent on by [`DiffArea::read_fast`] (`tag` says
+    /// which chunk, and whether it counted as a reader of the original),
+    /// in any context; returns the bio's result. A read of the original
+    /// that ends after the snapshot stopped holding back writes may have
+    /// seen new data: it fails.
+    pub(crate) fn read_done(&self, tag: u64, result: Result) -> Result {
+        let counted = tag & 1 != 0;
+        let result = if counted && result.is_ok() && !self.usable() {
+            Err(EIO)
+        } else {
+            result
+        };
+        let mut chunks = self.chunks.lock();
+        if counted {
+            if let Some(ch) = chunks.get_mut(&(tag >> 1)) {
+                ch.readers = ch.readers.saturating_sub(1);
+            }
+        }
+        self.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.changed.notify_all();
+        // The last touch of `self`: `wait_reads` may free it once the lock
+        // is released.
+        drop(chunks);
+        result
+    }
+
+    /// Waits until every read sent on by [`DiffArea::read_fast`] has
+    /// completed. The image disk is gone, so no new one starts.
+    pub(crate) fn wait_reads(&self) {
+        let mut chunks = self.chunks.lock();
+        while self.inflight.load(Ordering::Acquire) > 0 {
+            self.changed.wait(&mut chunks);
         }
     }
 

@@ -67,8 +67,8 @@ pub(crate) struct Image {
 
 /// An image disk and its image, owned by the snapshot.
 pub(crate) struct ImageHandle {
-    // Dropped first: no bio reaches the image after the disk is gone.
-    _disk: ImageDisk,
+    /// `None` only while dropping.
+    disk: Option<ImageDisk>,
     image: Arc<Image>,
     minor: u32,
     major: u32,
@@ -100,7 +100,7 @@ impl ImageHandle {
                 )?
             };
             Ok(ImageHandle {
-                _disk: disk,
+                disk: Some(disk),
                 image,
                 minor,
                 major: major.major(),
@@ -122,7 +122,8 @@ impl ImageHandle {
         &self.image.area
     }
 
-    /// Removes the disk and frees its minor.
+    /// Removes the disk, waits for the reads it sent on, and frees its
+    /// minor.
     pub(crate) fn destroy(self, minors: &mut Minors) {
         let minor = self.minor;
         drop(self);
@@ -136,8 +137,13 @@ struct ImageBio {
     bio: Bio,
 }
 
-/// Called by the image disk for each bio (see `sys::disk`).
+/// Called by the image disk for each bio (see `sys::disk`): reads go on
+/// to the device holding their data when that needs no waiting, everything
+/// else to the worker.
 pub(crate) fn submit(image: ArcBorrow<'_, Image>, bio: Bio) {
+    let Some(bio) = image.area.read_fast(bio) else {
+        return;
+    };
     let image: Arc<Image> = image.into();
     let queue = image.area.queue().clone();
     if let Err(lost) = work::spawn(queue.queue(), GFP_ATOMIC, ImageBio { image, bio }, serve) {
@@ -145,8 +151,34 @@ pub(crate) fn submit(image: ArcBorrow<'_, Image>, bio: Bio) {
     }
 }
 
+/// The completion of a read sent on by [`DiffArea::read_fast`]: the
+/// result the image bio ends with.
+///
+/// # Safety
+///
+/// `ctx` points at the [`DiffArea`] that sent the read, and `tag` is its.
+pub(crate) unsafe fn redirect_done(
+    ctx: *const core::ffi::c_void,
+    tag: u64,
+    result: Result,
+) -> Result {
+    // SAFETY: the area waits for its reads before it can be freed
+    // (`DiffArea::wait_reads`), so it is alive here.
+    let area = unsafe { &*ctx.cast::<DiffArea>() };
+    area.read_done(tag, result)
+}
+
 /// Work item: serves an image bio.
 fn serve(ib: ImageBio) {
     let _noio = NoIo::enter();
     ib.image.area.image_io(ib.bio);
+}
+
+impl Drop for ImageHandle {
+    fn drop(&mut self) {
+        // No bio reaches the image once the disk is gone; then the reads
+        // sent on from its submit path finish.
+        drop(self.disk.take());
+        self.image.area.wait_reads();
+    }
 }

@@ -152,6 +152,68 @@ impl Bio {
     }
 }
 
+/// Where the completion of a bio sent on by [`Bio::redirect`] goes.
+pub(crate) struct Redirect {
+    /// What `crate::snapimage::redirect_done` gets back.
+    pub(crate) ctx: *const core::ffi::c_void,
+    /// A value of the caller's, also given back.
+    pub(crate) tag: u64,
+}
+
+impl Bio {
+    /// Sends the bio's I/O to `bdev` at `sector` through a clone sharing
+    /// its pages, without waiting and without sleeping. When the clone
+    /// completes (in any context), `crate::snapimage::redirect_done`
+    /// turns its result into the bio's, and the bio ends. Gives the bio
+    /// back if no clone was to be had without sleeping.
+    ///
+    /// # Safety
+    ///
+    /// `bdev` and what `to.ctx` points at stay valid until the completion
+    /// has run.
+    pub(crate) unsafe fn redirect(
+        self,
+        bdev: &super::bdev::BlockDevice,
+        sector: u64,
+        to: Redirect,
+    ) -> core::result::Result<(), Bio> {
+        // SAFETY: we hold the bio and the device is open; on success the
+        // clone's completion ends the bio, so we let go of it.
+        let ret = unsafe {
+            bindings::blksnap_bio_redirect(self.0.as_ptr(), bdev.raw(), sector, to.ctx, to.tag)
+        };
+        if ret != 0 {
+            return Err(self);
+        }
+        core::mem::forget(self);
+        Ok(())
+    }
+}
+
+/// Called by the shim when a clone sent on by [`Bio::redirect`] completes:
+/// the errno (or 0) the original bio ends with.
+///
+/// # Safety
+///
+/// `ctx` and `tag` are those given to [`Bio::redirect`].
+#[no_mangle]
+unsafe extern "C" fn blksnap_redirect_done(
+    ctx: *const core::ffi::c_void,
+    tag: u64,
+    err: core::ffi::c_int,
+) -> core::ffi::c_int {
+    let result = if err == 0 {
+        Ok(())
+    } else {
+        Err(kernel::error::Error::from_errno(err))
+    };
+    // SAFETY: the caller's guarantee, passed on.
+    match unsafe { crate::snapimage::redirect_done(ctx, tag, result) } {
+        Ok(()) => 0,
+        Err(e) => e.to_errno(),
+    }
+}
+
 impl Drop for Bio {
     fn drop(&mut self) {
         // SAFETY: we still hold the bio: fail it rather than leak it.

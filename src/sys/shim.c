@@ -200,13 +200,32 @@ unsigned int blksnap_bdev_io_min(struct block_device *bdev)
 
 static struct bio_set blksnap_bio_set;
 
+/* A clone sent on by blksnap_bio_redirect(), and where its completion goes. */
+struct blksnap_redirect {
+	const void *ctx;
+	u64 tag;
+	struct bio *orig;
+	struct bio clone; /* last: the bio set's front pad ends here */
+};
+
+static struct bio_set blksnap_redirect_set;
+
 int blksnap_bioset_init(void)
 {
-	return bioset_init(&blksnap_bio_set, 64, 0, BIOSET_NEED_BVECS);
+	int ret = bioset_init(&blksnap_bio_set, 64, 0, BIOSET_NEED_BVECS);
+
+	if (ret)
+		return ret;
+	ret = bioset_init(&blksnap_redirect_set, 64,
+			  offsetof(struct blksnap_redirect, clone), 0);
+	if (ret)
+		bioset_exit(&blksnap_bio_set);
+	return ret;
 }
 
 void blksnap_bioset_exit(void)
 {
+	bioset_exit(&blksnap_redirect_set);
 	bioset_exit(&blksnap_bio_set);
 }
 
@@ -252,6 +271,37 @@ void blksnap_bio_end(struct bio *bio, int err)
 {
 	bio->bi_status = errno_to_blk_status(err);
 	bio_endio(bio);
+}
+
+static void blksnap_redirect_endio(struct bio *clone)
+{
+	struct blksnap_redirect *r =
+		container_of(clone, struct blksnap_redirect, clone);
+	struct bio *orig = r->orig;
+	int err = blksnap_redirect_done(r->ctx, r->tag,
+					blk_status_to_errno(clone->bi_status));
+
+	bio_put(clone);
+	blksnap_bio_end(orig, err);
+}
+
+int blksnap_bio_redirect(struct bio *orig, struct block_device *bdev,
+			 u64 sector, const void *ctx, u64 tag)
+{
+	struct bio *clone = bio_alloc_clone(bdev, orig, GFP_NOWAIT,
+					    &blksnap_redirect_set);
+	struct blksnap_redirect *r;
+
+	if (!clone)
+		return -ENOMEM;
+	r = container_of(clone, struct blksnap_redirect, clone);
+	r->ctx = ctx;
+	r->tag = tag;
+	r->orig = orig;
+	clone->bi_iter.bi_sector = sector;
+	clone->bi_end_io = blksnap_redirect_endio;
+	blksnap_bio_pass(clone);
+	return 0;
 }
 
 /* Snapshot image disks. */

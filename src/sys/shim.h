@@ -76,6 +76,13 @@ struct bio *blksnap_bio_clone(struct bio *src, struct block_device *bdev,
 /* Submits and waits; returns 0 or a negative errno. Does not put the bio. */
 int blksnap_bio_submit_wait(struct bio *bio);
 void blksnap_bio_end(struct bio *bio, int err);
+/* Sends orig's I/O to bdev at sector through a clone, without waiting (it
+ * does not sleep); on completion orig ends with the errno that
+ * blksnap_redirect_done() (Rust) makes of the clone's. -ENOMEM if there is
+ * no clone to be had without sleeping. */
+int blksnap_bio_redirect(struct bio *orig, struct block_device *bdev,
+			 u64 sector, const void *ctx, u64 tag);
+int blksnap_redirect_done(const void *ctx, u64 tag, int err);
 
 /* Snapshot image disks. */
 struct workqueue_struct;
