@@ -4,14 +4,16 @@
 //! of a taken snapshot, showing the device as it was at TAKE.
 //!
 //! Image bios arrive in the block layer's submit path, where the module may
-//! not wait for I/O of its own, so each goes to the module's workqueue,
-//! which serves it from the diff area (see `diff_area`). Images are
-//! writable: writes land in the difference storage.
+//! not wait for I/O of its own. Reads that need no waiting go on to the
+//! device holding their data from there (`DiffArea::read_fast`); the rest
+//! go to the module's workqueue, which serves them from the diff area (see
+//! `diff_area`). Images are writable: writes land in the difference storage.
 //!
 //! Locking: none of its own. [`Minors`] is kept under the control state
 //! mutex. The disk is removed (`del_gendisk`, which waits for callers of
-//! `submit_bio` to leave) before its [`Image`] can be freed; bios already
-//! queued hold a reference to the image.
+//! `submit_bio` to leave), then the reads sent on from the submit path are
+//! waited for, before its [`Image`] can be freed; bios queued for the
+//! worker hold a reference to the image.
 
 use crate::{
     diff_area::DiffArea,
