@@ -24,7 +24,12 @@
 //!   last image read of an uncopied chunk ends.
 //! * `Storage::inner` (a mutex) protects the storage accounting and the open
 //!   storage devices; it is only taken in process context.
-//! * Order: a chunk lock is never held while taking the storage mutex.
+//! * `Storage::devices` (IRQ-safe spinlock) holds the open storage devices,
+//!   so the image's submit path finds one without sleeping.
+//! * `DiffArea::inflight` counts image reads sent on from the submit path;
+//!   it drops under `chunks`, with `changed` signalled.
+//! * Order: a chunk lock is never held while taking the storage mutex or
+//!   the devices lock.
 
 use crate::{
     diff_storage::{self, DiffStorage, Extent, Slot},
