@@ -38,6 +38,7 @@ use crate::{
         bdev::{self, BlockDevice},
         bio::{page_io, Bio, Redirect},
         sync::{new_irq_spinlock, IrqSpinLock},
+        vec::VecExt,
         CowQueue,
     },
     tracker::Tracker,
@@ -231,6 +232,10 @@ pub(crate) enum WriteNeed {
     Copy,
 }
 
+/// Chunk buffers a diff area keeps for reuse: as many copies as usually run
+/// at once skip allocating a chunk's worth of pages.
+const SPARE_BUFFERS: usize = 4;
+
 /// A device's copy-on-write state in a taken snapshot.
 #[pin_data]
 pub(crate) struct DiffArea {
@@ -248,6 +253,10 @@ pub(crate) struct DiffArea {
     chunks: IrqSpinLock<RBTree<u64, Chunk>>,
     #[pin]
     changed: CondVar,
+    /// Chunk buffers kept for the next copies (at most
+    /// [`SPARE_BUFFERS`], room reserved at creation).
+    #[pin]
+    spare: Mutex<KVec<KVec<Page>>>,
     /// Image reads sent on by [`DiffArea::read_fast`] and not completed;
     /// decremented under `chunks`, with `changed` signalled.
     inflight: AtomicUsize,
@@ -263,6 +272,7 @@ impl DiffArea {
         chunk_shift: u32,
         capacity: u64,
     ) -> Result<Arc<Self>> {
+        let spare = KVec::with_capacity(SPARE_BUFFERS, GFP_KERNEL)?;
         Arc::pin_init(
             pin_init!(DiffArea {
                 tracker,
@@ -273,6 +283,7 @@ impl DiffArea {
                 active: AtomicBool::new(true),
                 chunks <- new_irq_spinlock!(RBTree::new(), "blksnap_chunks"),
                 changed <- new_condvar!("blksnap_chunk_changed"),
+                spare <- new_mutex!(spare, "blksnap_spare_buffers"),
                 inflight: AtomicUsize::new(0),
             }),
             GFP_KERNEL,
@@ -432,15 +443,27 @@ impl DiffArea {
         let start = c * chunk_sectors;
         let sectors = chunk_sectors.min(self.capacity.saturating_sub(start));
         let (slot, storage) = self.storage.alloc(chunk_sectors)?;
-        let page_count =
-            usize::try_from(chunk_sectors * 512 / PAGE_SIZE as u64).map_err(|_| EINVAL)?;
-        let mut pages = KVec::with_capacity(page_count, GFP_KERNEL)?;
-        for _ in 0..page_count {
-            pages.push(Page::alloc_page(GFP_KERNEL)?, GFP_KERNEL)?;
+        let spare = self.spare.lock().pop();
+        let pages = match spare {
+            Some(pages) => pages,
+            None => {
+                let page_count =
+                    usize::try_from(chunk_sectors * 512 / PAGE_SIZE as u64).map_err(|_| EINVAL)?;
+                let mut pages = KVec::with_capacity(page_count, GFP_KERNEL)?;
+                for _ in 0..page_count {
+                    pages.push(Page::alloc_page(GFP_KERNEL)?, GFP_KERNEL)?;
+                }
+                pages
+            }
+        };
+        let result = page_io(self.tracker.bdev(), start, sectors, &pages, false)
+            .and_then(|()| page_io(&storage, slot.sector, sectors, &pages, true));
+        let mut spare = self.spare.lock();
+        if spare.len() < SPARE_BUFFERS {
+            // Within the capacity reserved at creation: does not allocate.
+            let _ = spare.push(pages, GFP_NOWAIT);
         }
-        page_io(self.tracker.bdev(), start, sectors, &pages, false)?;
-        page_io(&storage, slot.sector, sectors, &pages, true)?;
-        Ok(slot)
+        result.map(|()| slot)
     }
 
     /// Serves a bio of the snapshot image, in process context. The bio lies
