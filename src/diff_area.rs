@@ -156,12 +156,14 @@ impl Storage {
         if self.corrupted.swap(true, Ordering::AcqRel) {
             return;
         }
-        pr_err!(
-            "snapshot of {}:{} corrupted: error {}\n",
-            bdev::major(orig),
-            bdev::minor(orig),
-            err.to_errno()
-        );
+        if crate::sys::log_allowed() {
+            pr_err!(
+                "snapshot of {}:{} corrupted: error {}\n",
+                bdev::major(orig),
+                bdev::minor(orig),
+                err.to_errno()
+            );
+        }
         // struct blk_snap_event_corrupted: orig_dev_id, err_code.
         let mut data = [0u8; 12];
         let (mj, mn) = (

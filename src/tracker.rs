@@ -190,7 +190,7 @@ impl Tracker {
         let old = prepared.and_then(|PreparedSwitch(f)| {
             cbt.reset(f.geometry, f.active, f.readable, new_generation)
         });
-        if cbt.switch(new_generation) == Switch::Wrapped {
+        if cbt.switch(new_generation) == Switch::Wrapped && crate::sys::log_allowed() {
             pr_info!(
                 "{}:{}: change tracking wrapped, new generation\n",
                 bdev::major(self.dev),

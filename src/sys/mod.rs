@@ -66,6 +66,15 @@ pub(crate) mod errno {
     }
 }
 
+/// Whether a kernel log message that user space can cause may be written
+/// now: one rate limit (the kernel's default, 10 per 5 s) for all of them.
+/// Any context.
+pub(crate) fn log_allowed() -> bool {
+    // SAFETY: `__ratelimit` on the shim's static state may be called from
+    // any context.
+    unsafe { bindings::blksnap_log_allowed() }
+}
+
 /// Whether the current task has `CAP_SYS_ADMIN` in the initial user namespace.
 pub(crate) fn capable_sys_admin() -> bool {
     // SAFETY: `capable` only reads the current task's credentials and may be

@@ -9,6 +9,7 @@
 #include <linux/ftrace.h>
 #include <linux/module.h>
 #include <linux/moduleparam.h>
+#include <linux/ratelimit.h>
 #include <linux/rcupdate.h>
 #include <linux/sched/mm.h>
 #include <linux/sched.h>
@@ -302,6 +303,15 @@ int blksnap_bio_redirect(struct bio *orig, struct block_device *bdev,
 	clone->bi_end_io = blksnap_redirect_endio;
 	blksnap_bio_pass(clone);
 	return 0;
+}
+
+/* Kernel log messages user space can cause, one shared rate limit. */
+static DEFINE_RATELIMIT_STATE(blksnap_log_rs, DEFAULT_RATELIMIT_INTERVAL,
+			      DEFAULT_RATELIMIT_BURST);
+
+bool blksnap_log_allowed(void)
+{
+	return __ratelimit(&blksnap_log_rs);
 }
 
 /* Snapshot image disks. */

@@ -84,6 +84,9 @@ int blksnap_bio_redirect(struct bio *orig, struct block_device *bdev,
 			 u64 sector, const void *ctx, u64 tag);
 int blksnap_redirect_done(const void *ctx, u64 tag, int err);
 
+/* Whether a message user space caused may be logged now (rate limit). */
+bool blksnap_log_allowed(void);
+
 /* Snapshot image disks. */
 struct workqueue_struct;
 struct workqueue_struct *blksnap_alloc_workqueue(void);
