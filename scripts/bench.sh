@@ -19,6 +19,9 @@
 #   --runtime SECONDS  length of each timed fio run (default 5, quick 2)
 #   --out FILE         the report (the raw results go to FILE's directory)
 #
+# BENCH_ONLY="held cow stall mem" runs only the named scenario groups (held:
+# 1, 2 and 4; cow: 3; stall: 5; mem: 6), for development.
+#
 # Scenarios: 1 tracking only; 2 snapshot held, every chunk copied; 3 first
 # write to every chunk (COW) against dm-snapshot and the physical limit;
 # 4 snapshot image reads; 5 how long writes stall during take; 6 module
@@ -370,7 +373,8 @@ rc=0
 "$BLKSNAP_ROOT/scripts/vm.sh" --timeout "$timeout" --out "$work/vm" \
 	--disk "$work/disk.img" --disk "$work/store.img" \
 	-e BENCH_REPS="$reps" -e BENCH_RUNTIME="$runtime" -e BENCH_REGION_MIB="$region" \
-	-e BENCH_MEM_CHUNKS="$mem_chunks" -- scripts/bench.sh --guest || rc=$?
+	-e BENCH_MEM_CHUNKS="$mem_chunks" -e BENCH_ONLY="${BENCH_ONLY:-}" \
+	-- scripts/bench.sh --guest || rc=$?
 rm -f "$work/disk.img" "$work/store.img"
 
 # A failed run still reports what it measured.
