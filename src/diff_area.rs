@@ -124,7 +124,9 @@ impl Storage {
             // A new list with room for the new device, built outside the
             // spinlock; appends are serialized by `inner`.
             let bdev = Arc::new(bdev, GFP_KERNEL)?;
-            let mut devices = KVec::with_capacity(self.devices.lock().len() + 1, GFP_KERNEL)?;
+            // (Its own statement: the guard must be gone before allocating.)
+            let count = self.devices.lock().len();
+            let mut devices = KVec::with_capacity(count + 1, GFP_KERNEL)?;
             let mut current = self.devices.lock();
             for d in Iterator::chain(current.iter(), core::iter::once(&bdev)) {
                 // Within the capacity allocated above: does not allocate.
