@@ -282,7 +282,17 @@ class Race:
                         try:
                             got = buf.pread(t.image_fd, n, lba)
                         except OSError:
+                            got = None
+                        if got is None or len(got) < n * SECTOR:
+                            # A failed read, or a short one (a deleted disk
+                            # has no sectors any more): what it did return
+                            # must still be TAKE data.
                             self.bump("image_read_errors")
+                            if got:
+                                k = len(got) // SECTOR
+                                self.report.compare(f"image {t.image} short read racing DESTROY",
+                                                    lba, got[:k * SECTOR],
+                                                    t.image_model[lba * SECTOR:(lba + k) * SECTOR])
                             time.sleep(0.005)
                             continue
                         self.bump("image_reads")
@@ -331,7 +341,8 @@ class Race:
         s = self.stats
         log(f"destroy-cow: {rnd + 1} rounds, {s['writes']} writes, {early} DESTROYs returned "
             f"before the last first write, {total_inflight} writes in flight at DESTROY in all; "
-            f"image reads {s['image_reads']} ok, {s['image_read_errors']} failed (after DESTROY)")
+            f"image reads {s['image_reads']} ok, {s['image_read_errors']} failed or short (after DESTROY); "
+            f"{time.monotonic() - stamp.T0:.0f} s")
 
     # ================================================================ 3
     def read_vs_cow(self):
@@ -405,7 +416,7 @@ class Race:
             if self.report.failures:
                 break
         log(f"read-vs-cow: {rnd + 1} rounds, {self.stats['writes']} first writes, "
-            f"{self.stats['image_reads']} image reads racing them")
+            f"{self.stats['image_reads']} image reads racing them; {time.monotonic() - stamp.T0:.0f} s")
 
     # ================================================================ 4
     def remove_io(self):
@@ -505,7 +516,8 @@ class Race:
             self.close_images()
             ctl.destroy(sid)
         log(f"remove-io: {rnd + 1} rounds, {removed} TRACKER_REMOVEs during "
-            f"{self.stats['writes']} writes; {marked_checked} block marks checked")
+            f"{self.stats['writes']} writes; {marked_checked} block marks checked; "
+            f"{time.monotonic() - stamp.T0:.0f} s")
 
     # ================================================================ 5
     def rmmod_io(self):
@@ -549,8 +561,10 @@ class Race:
         for th in threads:
             th.start()
         for rnd in range(a.rounds):
+            t_load = time.monotonic()
             if not os.path.exists("/sys/module/blksnap") and not load():
                 break
+            t_load = time.monotonic() - t_load
             hold = rnd % 2 == 1  # odd rounds: an image stays open and is read
             # The snapshot is taken with the writers paused, so the images'
             # content is known; they go on at once afterwards.
@@ -582,6 +596,7 @@ class Race:
                 rd.start()
             time.sleep(self.rng.uniform(0, 0.3))
             w0 = self.stats["writes"]
+            t_unload = time.monotonic()
             err = delete_module()
             if err == 0:
                 count["ok"] += 1
@@ -608,6 +623,7 @@ class Race:
                 if e2:
                     time.sleep(0.05)
             count["retries"] += tries
+            t_unload = time.monotonic() - t_unload
             if os.path.exists("/sys/module/blksnap"):
                 self.report.fail(f"round {rnd}: the module stays loaded with nothing open "
                                  f"({tries} attempts)")
@@ -621,7 +637,8 @@ class Race:
             self.gate.resume()
             log(f"round {rnd}: delete_module {'with an image open and read' if hold else 'with nothing open'}"
                 f" after {self.stats['writes'] - w0} writes of the snapshot: "
-                f"{'ok' if err == 0 else errname(err)}; unloaded after {tries} more attempts")
+                f"{'ok' if err == 0 else errname(err)}; unloaded after {tries} more attempts "
+                f"(insmod {t_load:.1f} s, unload {t_unload:.1f} s)")
             if self.report.failures:
                 break
         stop.set()
@@ -629,7 +646,8 @@ class Race:
         self.verify_originals("after the writers stopped")
         log(f"rmmod-io: {rnd + 1} rounds, {self.stats['writes']} writes; delete_module with "
             f"nothing open: {count['ok']} ok, {count['busy']} busy; with an image open: "
-            f"{count['busy_open']} busy; {count['retries']} attempts after closing")
+            f"{count['busy_open']} busy; {count['retries']} attempts after closing; "
+            f"{time.monotonic() - stamp.T0:.0f} s")
 
     def go(self):
         for t in self.targets:

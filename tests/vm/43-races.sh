@@ -23,9 +23,9 @@ R=${BLKSNAP_RACE_ROUNDS:-8}
 R1=$R                          # DESTROY vs copy-on-write
 R2=$(((R + 3) / 4))            # TAKE during writes on three devices (a stamp.py run each)
 R3=$(((R + 1) / 2))            # image reads vs first writes
-R4=$((2 * R))                  # TRACKER_REMOVE vs I/O
-R5=$R                          # rmmod vs I/O
-PARAMS=(chunk_minimum_shift=16) # 64 KiB chunks: 128 on each 8 MiB ramdisk
+R4=$R                          # TRACKER_REMOVE vs I/O
+R5=$(((R + 1) / 2))            # rmmod vs I/O (a module unload and load each)
+PARAMS=(chunk_minimum_shift=15) # 32 KiB chunks: 128 on each 4 MiB ramdisk
 
 # Like case_fn, and shows how long the case took and, when it passed, the
 # summary lines of the tool; when it failed, its first FAIL lines and the
@@ -55,7 +55,7 @@ if [ ! -f "$BLKSNAP_KO" ]; then
 fi
 cbt_setup_exit_trap
 blksnap_unload
-RD_KIB=8192 # 16384 sectors each
+RD_KIB=4096 # 8192 sectors each
 setup_bad=
 brd_setup 6 $RD_KIB || setup_bad="brd: cannot load 6 ramdisks"
 [ -n "$setup_bad" ] || blksnap_load "${PARAMS[@]}" || setup_bad="insmod $BLKSNAP_KO failed"
@@ -70,8 +70,8 @@ MARK=$(kmsg_mark)
 PY=("${PYTHON_FAST[@]}")
 race() { "${PY[@]}" "$TESTS_DIR/tools/race.py" "$@"; }
 stamp() { "${PY[@]}" "$TESTS_DIR/tools/stamp.py" "$@"; }
-# Storage for every chunk of two ramdisks, and some more.
-STORAGE=(--storage /dev/ram3:0:16384 --storage /dev/ram4:0:16384 --storage /dev/ram5:0:16384)
+# Storage for every chunk of three ramdisks.
+STORAGE=(--storage /dev/ram3:0:8192 --storage /dev/ram4:0:8192 --storage /dev/ram5:0:8192)
 
 # ---- 1. DESTROY while copy-on-write is in flight
 tcase "DESTROY during first writes to every chunk ($R1 rounds): returns 0, writes finish, originals exact" \
@@ -83,7 +83,7 @@ take_multi() {
 	local i rc=0 out
 	for ((i = 0; i < R2; i++)); do
 		out=$(stamp run --dev /dev/ram0 --dev /dev/ram1 --dev /dev/ram2 "${STORAGE[@]}" \
-			--no-storage-fill --writers 4 --writes 400 --seconds 4 \
+			--no-storage-fill --writers 4 --writes 400 --seconds 3 \
 			--take-during-writes "0.$((3 + i % 7))" --seed $((200 + i)) 2>&1) ||
 			{ rc=1; echo "---- run $i failed:"; echo "$out"; break; }
 		grep -q 'point in time checked' <<<"$out" || { rc=1; echo "run $i: no point-in-time check"; echo "$out"; break; }
@@ -96,12 +96,12 @@ tcase "TAKE of three ramdisks while all are written ($R2 runs): each image one p
 
 # ---- 3. image reads vs first writes of the same chunk
 tcase "image reads racing first writes of the same chunks ($R3 rounds): TAKE data, originals newest" \
-	race read-vs-cow --dev /dev/ram0 --dev /dev/ram1 "${STORAGE[@]}" --pairs 3 \
+	race read-vs-cow --dev /dev/ram0 "${STORAGE[@]}" --pairs 3 \
 	--rounds "$R3" --seed 3
 
 # ---- 4. TRACKER_REMOVE vs I/O
 tcase "TRACKER_REMOVE while the device is written ($R4 rounds): writes intact, CREATE re-adds tracking" \
-	race remove-io --dev /dev/ram2 --storage /dev/ram3:0:16384 --writers 3 \
+	race remove-io --dev /dev/ram2 --storage /dev/ram3:0:8192 --writers 3 \
 	--rounds "$R4" --seed 4
 
 # ---- 5. rmmod vs I/O
