@@ -96,7 +96,7 @@ tcase "TAKE of three ramdisks while all are written ($R2 runs): each image one p
 
 # ---- 3. image reads vs first writes of the same chunk
 tcase "image reads racing first writes of the same chunks ($R3 rounds): TAKE data, originals newest" \
-	race read-vs-cow --dev /dev/ram0 "${STORAGE[@]}" --pairs 3 \
+	race read-vs-cow --dev /dev/ram0 --dev /dev/ram1 "${STORAGE[@]}" --pairs 3 \
 	--rounds "$R3" --seed 3
 
 # ---- 4. TRACKER_REMOVE vs I/O
