@@ -23,8 +23,8 @@ R=${BLKSNAP_RACE_ROUNDS:-8}
 R1=$R                          # DESTROY vs copy-on-write
 R2=$(((R + 3) / 4))            # TAKE during writes on three devices (a stamp.py run each)
 R3=$(((R + 1) / 2))            # image reads vs first writes
-R4=$R                          # TRACKER_REMOVE vs I/O
-R5=$(((R + 1) / 2))            # rmmod vs I/O (a module unload and load each)
+R4=$((3 * R))                  # TRACKER_REMOVE vs I/O
+R5=$R                          # rmmod vs I/O (a module unload and load each)
 PARAMS=(chunk_minimum_shift=15) # 32 KiB chunks: 128 on each 4 MiB ramdisk
 
 # Like case_fn, and shows how long the case took and, when it passed, the
