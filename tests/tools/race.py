@@ -447,7 +447,7 @@ class Race:
                    for w in range(a.writers)]
         for th in threads:
             th.start()
-        removed = marked_checked = 0
+        removed = marked_checked = rm_inflight = 0
         for rnd in range(a.rounds):
             with bsctl.Ctl() as ctl:
                 info = ctl.info(t.dev.devno)
@@ -457,6 +457,7 @@ class Race:
                 g0 = info.generation
                 time.sleep(self.rng.uniform(0, 0.15))
                 w0 = self.stats["writes"]
+                rm_inflight += self.inflight
                 try:
                     ctl.tracker_remove(t.dev.devno)
                     removed += 1
@@ -516,7 +517,8 @@ class Race:
             self.close_images()
             ctl.destroy(sid)
         log(f"remove-io: {rnd + 1} rounds, {removed} TRACKER_REMOVEs during "
-            f"{self.stats['writes']} writes; {marked_checked} block marks checked; "
+            f"{self.stats['writes']} writes ({rm_inflight} in flight at TRACKER_REMOVE in all); "
+            f"{marked_checked} block marks checked; "
             f"{time.monotonic() - stamp.T0:.0f} s")
 
     # ================================================================ 5
@@ -524,7 +526,7 @@ class Race:
         a = self.a
         libc = ctypes.CDLL(None, use_errno=True)
         stop = threading.Event()
-        count = {"ok": 0, "busy": 0, "busy_open": 0, "retries": 0}
+        count = {"ok": 0, "busy": 0, "busy_open": 0, "retries": 0, "inflight": 0}
 
         def delete_module():
             r = libc.syscall(176, b"blksnap", os.O_NONBLOCK)  # delete_module (x86_64)
@@ -597,6 +599,7 @@ class Race:
             time.sleep(self.rng.uniform(0, 0.3))
             w0 = self.stats["writes"]
             t_unload = time.monotonic()
+            count["inflight"] += self.inflight
             err = delete_module()
             if err == 0:
                 count["ok"] += 1
@@ -644,7 +647,8 @@ class Race:
         stop.set()
         self.join(threads, "writers")
         self.verify_originals("after the writers stopped")
-        log(f"rmmod-io: {rnd + 1} rounds, {self.stats['writes']} writes; delete_module with "
+        log(f"rmmod-io: {rnd + 1} rounds, {self.stats['writes']} writes ({count['inflight']} in flight "
+            f"at the first delete_module of the rounds in all); delete_module with "
             f"nothing open: {count['ok']} ok, {count['busy']} busy; with an image open: "
             f"{count['busy_open']} busy; {count['retries']} attempts after closing; "
             f"{time.monotonic() - stamp.T0:.0f} s")

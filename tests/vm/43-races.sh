@@ -21,7 +21,7 @@ require_vm
 R=${BLKSNAP_RACE_ROUNDS:-8}
 [[ $R =~ ^[1-9][0-9]*$ ]] || R=8
 R1=$R                          # DESTROY vs copy-on-write
-R2=$(((R + 3) / 4))            # TAKE during writes on three devices (a stamp.py run each)
+R2=$(((R + 2) / 3))            # TAKE during writes on three devices (a stamp.py run each)
 R3=$(((R + 1) / 2))            # image reads vs first writes
 R4=$((3 * R))                  # TRACKER_REMOVE vs I/O
 R5=$R                          # rmmod vs I/O (a module unload and load each)
