@@ -23,9 +23,10 @@ line is "RESULT: ok" or "RESULT: N failure(s)" (exit 0 or 1).
     race.py remove-io --dev DEV [--rounds N]
         TRACKER_REMOVE (no snapshot) while writers write the device, then
         tracking re-added by SNAPSHOT_CREATE (new generation_id, and the
-        blocks written between CREATE and TAKE marked in the map), in
-        rounds; writes never fail; at the end a snapshot taken with the
-        writers stopped shows exactly the model.
+        blocks written between CREATE and TAKE marked in the map; then
+        TRACKER_REMOVE fails with EBUSY until DESTROY), in rounds; writes
+        never fail; at the end a snapshot taken with the writers stopped
+        shows exactly the model.
     race.py rmmod-io --dev DEV... --storage DEV:S:C... --ko PATH [--rounds N]
         delete_module(blksnap) while writers write the originals of a taken
         snapshot (trackers present, /dev/blksnap closed): it fails with
@@ -485,6 +486,16 @@ class Race:
                     ctl.append_storage(sid, dev, [(s, c)])
                 t_take = time.monotonic()
                 ctl.take(sid)
+                # The device is in a snapshot now: TRACKER_REMOVE is refused.
+                try:
+                    ctl.tracker_remove(t.dev.devno)
+                    self.report.fail(f"round {rnd}: TRACKER_REMOVE of a device in a taken "
+                                     f"snapshot succeeded")
+                    break
+                except OSError as e:
+                    if e.errno != errno.EBUSY:
+                        self.report.fail(f"round {rnd}: TRACKER_REMOVE of a device in a taken "
+                                         f"snapshot: {errname(e.errno)}, expected EBUSY")
                 # The writes that ran wholly between CREATE and TAKE are marked.
                 if blk:
                     cbt = ctl.read_map(t.dev.devno)
