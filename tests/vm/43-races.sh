@@ -36,7 +36,7 @@ tcase() {
 	out=$("$@" 2>&1) && rc=0 || rc=$?
 	if [ "$rc" = 0 ]; then
 		ktap_ok "$desc"
-		sum=$(grep -E 'destroy-cow:|read-vs-cow:|remove-io:|rmmod-io:|take-multi:|point in time' <<<"$out" |
+		sum=$(grep -E 'destroy-cow:|read-vs-cow:|remove-io:|rmmod-io:|take-multi:|^run [0-9]+: point in time' <<<"$out" |
 			sed -E 's/^\[ *[0-9.]+\] //' | head -n 8)
 		[ -z "$sum" ] || ktap_diag "$sum"
 	else
@@ -80,16 +80,19 @@ tcase "DESTROY during first writes to every chunk ($R1 rounds): returns 0, write
 
 # ---- 2. TAKE while three devices are written
 take_multi() {
-	local i rc=0 out
+	local i n rc=0 out line flight=0
 	for ((i = 0; i < R2; i++)); do
 		out=$(stamp run --dev /dev/ram0 --dev /dev/ram1 --dev /dev/ram2 "${STORAGE[@]}" \
 			--no-storage-fill --writers 4 --writes 400 --seconds 3 \
 			--take-during-writes "0.$((3 + i % 7))" --seed $((200 + i)) 2>&1) ||
 			{ rc=1; echo "---- run $i failed:"; echo "$out"; break; }
 		grep -q 'point in time checked' <<<"$out" || { rc=1; echo "run $i: no point-in-time check"; echo "$out"; break; }
-		grep -h 'point in time checked' <<<"$out" | sed -E "s/^\[ *[0-9.]+\] /run $i: /"
+		line=$(grep -h 'point in time checked' <<<"$out" | sed -E 's/^\[ *[0-9.]+\] //')
+		((i >= 3)) || echo "run $i: $line"
+		n=$(sed -n 's/.* \([0-9]*\) of them still running.*/\1/p' <<<"$line")
+		flight=$((flight + ${n:-0}))
 	done
-	echo "take-multi: $i of $R2 runs checked"
+	echo "take-multi: $i of $R2 runs checked, $flight writes in flight at TAKE in all"
 	return $rc
 }
 tcase "TAKE of three ramdisks while all are written ($R2 runs): each image one point in time" take_multi
