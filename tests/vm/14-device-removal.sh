@@ -35,7 +35,17 @@ sd_setup() {
 	while (($(sd_disks | wc -l) < 3)) && ((n-- > 0)); do sleep 0.1; done
 	mapfile -t SD < <(sd_disks)
 	((${#SD[@]} == 3)) || { echo "scsi_debug disks: ${SD[*]}"; return 1; }
-	for d in "${SD[@]}"; do wait_for "/dev/$d" 5 || return 1; done
+	# Ready when a read works: a fresh scsi_debug disk answers its first
+	# commands with a unit attention (power-on reset), and the slow debug
+	# kernel may still be scanning it.
+	for d in "${SD[@]}"; do
+		wait_for "/dev/$d" 5 || return 1
+		n=50
+		until dd if="/dev/$d" of=/dev/null bs=4k count=1 iflag=direct status=none 2>/dev/null; do
+			((n-- > 0)) || { echo "/dev/$d cannot be read"; return 1; }
+			sleep 0.2
+		done
+	done
 	echo "scsi_debug disks: ${SD[*]}"
 }
 setup_bad=
@@ -60,6 +70,12 @@ untrack() {
 	out=$(bs trackers --count 64) || { echo "TRACKER_COLLECT: $out"; return 1; }
 	! grep -q "^dev=$1 " <<<"$out" || { echo "$1 still listed: $out"; return 1; }
 }
+# Sets the caller's id to a new snapshot of the devices given, or says why not.
+new_snap() {
+	local out
+	out=$(bs create "$@") && id=$(snap_id "$out") && [ -n "$id" ] ||
+		{ echo "CREATE $*: $out"; return 1; }
+}
 sd_delete() { echo 1 >"/sys/block/$1/device/delete"; }
 gone() {
 	local n=50
@@ -71,7 +87,7 @@ gone() {
 sd_tracked() {
 	local d=${SD[0]} dn id out
 	dn=$(devno "/dev/$d")
-	id=$(snap_id "$(bs create "/dev/$d")") && [ -n "$id" ] || { echo "CREATE failed"; return 1; }
+	new_snap "/dev/$d" || return 1
 	bs take "$id" && bs destroy "$id" || { echo "TAKE/DESTROY failed"; return 1; }
 	dd if=/dev/urandom of="/dev/$d" bs=64k count=4 oflag=direct status=none
 	sd_delete "$d" || { echo "delete $d failed"; return 1; }
@@ -87,7 +103,7 @@ case_fn "a tracked scsi_debug disk is deleted: TRACKER_COLLECT works, the tracke
 sd_created() {
 	local d=${SD[1]} dn id out
 	dn=$(devno "/dev/$d")
-	id=$(snap_id "$(bs create "/dev/$d" /dev/ram0)") && [ -n "$id" ] || { echo "CREATE failed"; return 1; }
+	new_snap "/dev/$d" /dev/ram0 || return 1
 	sd_delete "$d" || { echo "delete $d failed"; return 1; }
 	gone "$d" || { echo "/sys/block/$d still there"; return 1; }
 	out=$(bs take "$id" 2>&1)
@@ -104,7 +120,7 @@ case_fn "a disk deleted in a created snapshot: TAKE fails or works cleanly, DEST
 sd_taken() {
 	local d=${SD[2]} dn id out w
 	dn=$(devno "/dev/$d")
-	id=$(snap_id "$(bs create "/dev/$d")") && [ -n "$id" ] || { echo "CREATE failed"; return 1; }
+	new_snap "/dev/$d" || return 1
 	bs take "$id" || { echo "TAKE failed"; return 1; }
 	(while dd if=/dev/zero of="/dev/$d" bs=64k count=16 oflag=direct status=none 2>/dev/null; do :; done) &
 	w=$!
@@ -139,7 +155,7 @@ sd_again() {
 	while [ "$(sd_disks | tr '\n' ' ')" = "$before" ] && ((n-- > 0)); do sleep 0.1; done
 	d=$(comm -13 <(tr ' ' '\n' <<<"$before" | sort) <(sd_disks) | head -n1)
 	[ -n "$d" ] && wait_for "/dev/$d" 5 || { echo "no new disk (had: $before)"; return 1; }
-	id=$(snap_id "$(bs create "/dev/$d")") && [ -n "$id" ] || { echo "CREATE on $d failed"; return 1; }
+	new_snap "/dev/$d" || return 1
 	bs take "$id" || { echo "TAKE failed"; return 1; }
 	out=$(bs info "/dev/$d")
 	[ "$(kv capacity "$out")" = $((16 << 20)) ] || { echo "$d: wrong capacity: $out"; return 1; }
@@ -156,7 +172,7 @@ loop_detached() {
 	[ -n "$lp" ] || { echo "losetup failed"; return 1; }
 	name=$(basename "$lp")
 	dn=$(devno "$lp")
-	id=$(snap_id "$(bs create "$lp")") && [ -n "$id" ] || { echo "CREATE failed"; return 1; }
+	new_snap "$lp" || return 1
 	bs take "$id" || { echo "TAKE failed"; return 1; }
 	out=$(losetup -d "$lp" 2>&1) && echo "note: losetup -d while tracked: ok" ||
 		echo "note: losetup -d while tracked: $out"
@@ -180,7 +196,7 @@ dm_forced() {
 	local id out dn
 	[ -n "$dm" ] || { echo "dmsetup create failed"; return 1; }
 	dn=$(devno "$dm")
-	id=$(snap_id "$(bs create "$dm")") && [ -n "$id" ] || { echo "CREATE failed"; return 1; }
+	new_snap "$dm" || return 1
 	bs take "$id" || { echo "TAKE failed"; return 1; }
 	out=$(dmsetup remove --noudevsync --force cbt-gone 2>&1)
 	echo "note: dmsetup remove --force while tracked: ${out:-ok}"
@@ -208,13 +224,13 @@ mbr[510:512] = b"\x55\xaa"
 open(sys.argv[1], "r+b").write(mbr)' "$pl" || return 1
 	blockdev --rereadpt "$pl" || return 1
 	wait_for "${pl}p1" 5 || { echo "no ${pl}p1"; return 1; }
-	id=$(snap_id "$(bs create "$pl")") && [ -n "$id" ] || { echo "CREATE failed"; return 1; }
+	new_snap "$pl" || return 1
 	bs take "$id" || { echo "TAKE failed"; return 1; }
 	dd if=/dev/zero of="${pl}p1" bs=4k count=4 oflag=direct status=none || return 1
 	partx -d --nr 1 "$pl" || { echo "partx -d failed"; return 1; }
 	dd if=/dev/zero of="$pl" bs=4k count=4 seek=600 oflag=direct status=none || return 1
 	bs destroy "$id" || { echo "DESTROY failed"; return 1; }
-	id=$(snap_id "$(bs create "$pl")") && [ -n "$id" ] || { echo "second CREATE failed"; return 1; }
+	new_snap "$pl" || return 1
 	bs take "$id" || { echo "second TAKE failed"; return 1; }
 	out=$(bs map "$pl" --out /tmp/cbt-part-map) || { echo "map: $out"; return 1; }
 	bs destroy "$id"
