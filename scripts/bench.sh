@@ -2,7 +2,7 @@
 # The benchmark: what tracking and snapshots cost the I/O of the devices they
 # protect, measured with fio in the test VM, side by side with dm-snapshot.
 #
-#   scripts/bench.sh [--quick] [--out FILE] [--reps N] [--runtime SECONDS]
+#   scripts/bench.sh [--quick] [--out FILE] [--reps N] [--runtime SECONDS] [--region MIB]
 #
 # On the host: installs missing packages, builds or reuses the release test
 # kernel, builds blksnap.ko and the blksnap CLI, creates two file-backed
@@ -17,6 +17,7 @@
 #   --quick            short runs and small devices, for development
 #   --reps N           repetitions (default 5, quick 2)
 #   --runtime SECONDS  length of each timed fio run (default 5, quick 2)
+#   --region MIB       the part of each device the jobs cover (default 128, quick 32)
 #   --out FILE         the report (the raw results go to FILE's directory)
 #
 # BENCH_ONLY="held cow stall mem" runs only the named scenario groups (held:
@@ -319,7 +320,7 @@ fi
 
 # ----------------------------------------------------------------- host side
 
-quick=0 out='' reps='' runtime=''
+quick=0 out='' reps='' runtime='' region=''
 while (($#)); do
 	case $1 in
 	--quick) quick=1 ;;
@@ -327,19 +328,21 @@ while (($#)); do
 	--out=*) out=${1#*=} ;;
 	--reps) (($# >= 2)) || die "--reps wants a number"; reps=$2; shift ;;
 	--runtime) (($# >= 2)) || die "--runtime wants seconds"; runtime=$2; shift ;;
+	--region) (($# >= 2)) || die "--region wants MiB"; region=$2; shift ;;
 	-h | --help) sed -n '2,/^# shellcheck/{/^# shellcheck/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
-	*) die "usage: scripts/bench.sh [--quick] [--out FILE] [--reps N] [--runtime SECONDS]" ;;
+	*) die "usage: scripts/bench.sh [--quick] [--out FILE] [--reps N] [--runtime SECONDS] [--region MIB]" ;;
 	esac
 	shift
 done
 if ((quick)); then
-	: "${reps:=2}" "${runtime:=2}"
-	region=32 mem_chunks=20000 timeout=2400
+	: "${reps:=2}" "${runtime:=2}" "${region:=32}"
+	mem_chunks=20000 timeout=2400
 else
-	: "${reps:=5}" "${runtime:=5}"
-	region=128 mem_chunks=100000 timeout=$((3600 * 3))
+	: "${reps:=5}" "${runtime:=5}" "${region:=128}"
+	mem_chunks=100000 timeout=$((3600 * 3))
 fi
-[[ $reps =~ ^[1-9][0-9]*$ && $runtime =~ ^[1-9][0-9]*$ ]] || die "--reps and --runtime want positive numbers"
+[[ $reps =~ ^[1-9][0-9]*$ && $runtime =~ ^[1-9][0-9]*$ && $region =~ ^[1-9][0-9]*$ ]] ||
+	die "--reps, --runtime and --region want positive numbers"
 : "${out:=$BLKSNAP_ROOT/target/bench/report.md}"
 mkdir -p "$(dirname "$out")"
 out=$(cd "$(dirname "$out")" && pwd)/$(basename "$out")
