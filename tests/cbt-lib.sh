@@ -25,6 +25,8 @@
 #   case_fn DESC CMD...         one case: ok if CMD succeeds, else its output; its
 #                               "note: " lines are shown either way
 #   want_errno NAME CMD...      succeeds if CMD fails with errno=NAME, else says why
+#   kmemleak_clear, kmemleak_case DESC  forget allocations so far; one case: kmemleak
+#                               finds no leak (skipped without kmemleak)
 #
 # Devices are released in reverse order of creation at exit, after blksnap is
 # unloaded (it holds the devices it tracks open).
@@ -208,4 +210,33 @@ want_errno() {
 	fi
 	echo "$*: expected errno=$want, got exit $rc: $out"
 	return 1
+}
+
+# kmemleak (debug kernel). kmemleak_clear forgets the objects allocated so
+# far; kmemleak_case DESC is one case: a scan reports no leak (skipped on a
+# kernel without kmemleak). kmemleak does not report objects younger than
+# 5 s: it waits, then scans twice.
+KMEMLEAK=/sys/kernel/debug/kmemleak
+kmemleak_clear() {
+	[ -e $KMEMLEAK ] || mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+	[ ! -w $KMEMLEAK ] || echo clear >$KMEMLEAK 2>/dev/null
+	return 0
+}
+kmemleak_case() {
+	local leaks
+	[ -e $KMEMLEAK ] || mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+	if [ ! -w $KMEMLEAK ]; then
+		ktap_skip "$1" "no kmemleak (release kernel)"
+		return
+	fi
+	sleep 6
+	echo scan >$KMEMLEAK
+	sleep 1
+	echo scan >$KMEMLEAK
+	leaks=$(cat $KMEMLEAK)
+	if [ -z "$leaks" ]; then
+		ktap_ok "$1"
+	else
+		ktap_fail "$1" "$(head -n 60 <<<"$leaks")"
+	fi
 }

@@ -181,20 +181,5 @@ else
 	ktap_fail "the module unloads after the faults" "rmmod: exit $rc: $out"
 fi
 
-# kmemleak does not report objects younger than 5 s: wait, then scan.
-KML=$DBG/kmemleak
-if [ -w $KML ]; then
-	sleep 6
-	echo scan >$KML
-	sleep 1
-	echo scan >$KML
-	leaks=$(cat $KML)
-	if [ -z "$leaks" ]; then
-		ktap_ok "kmemleak finds no leak after the unload"
-	else
-		ktap_fail "kmemleak finds no leak after the unload" "$(head -n 60 <<<"$leaks")"
-	fi
-else
-	ktap_skip "kmemleak finds no leak after the unload" "no $KML"
-fi
+kmemleak_case "kmemleak finds no leak after the unload"
 ktap_finish

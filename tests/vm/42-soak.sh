@@ -16,7 +16,7 @@
 #     pool at low_free_space: the image is exactly the data at TAKE and the
 #     original exactly what was written, every run.
 # At the end: no corrupted event came, the original file system is clean,
-# the module unloads.
+# the module unloads, and kmemleak (debug kernel) finds no leak.
 # shellcheck source-path=SCRIPTDIR disable=SC2015 # "test && test || fail" is meant
 source "$(dirname "$0")/../cbt-lib.sh"
 require_vm
@@ -31,7 +31,7 @@ W=/tmp/soak
 CLI=$BLKSNAP_CLI
 STAMP=("${PYTHON_FAST[@]}" "$TESTS_DIR/tools/stamp.py")
 
-ktap_plan 6
+ktap_plan 7
 
 for f in "$BLKSNAP_KO" "$CLI"; do
 	if [ ! -f "$f" ]; then
@@ -57,6 +57,7 @@ setup() {
 		"storage pool /dev/ram3; $DURATION s"
 }
 case_fn "set-up: ext4 with writers, a stamp original on dm-linear, the module loaded" setup
+kmemleak_clear
 if ((KTAP_FAIL)); then
 	ktap_fail_rest "setup failed"
 	ktap_finish
@@ -243,4 +244,5 @@ if [ "$rc" = 0 ] && ! blksnap_loaded; then
 else
 	ktap_fail "the module unloads after the soak" "rmmod: exit $rc: $out"
 fi
+kmemleak_case "kmemleak finds no leak after the soak and unload"
 ktap_finish
