@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Tracked devices that go away: scsi_debug disks deleted through sysfs while
 # tracked, while in a created snapshot and while in a taken one (with a
-# writer running), a loop device detached while tracked, a dm device removed
-# with --force. Nothing crashes (vm.sh scans the kernel log), TRACKER_COLLECT
+# writer running), repeatedly during copy-on-write (BLKSNAP_RACE_ROUNDS / 2
+# rounds), a loop device detached while tracked, a dm device removed with
+# --force. Nothing crashes (vm.sh scans the kernel log), TRACKER_COLLECT
 # keeps working, the trackers can be removed, the devices are released, and
 # the modules unload.
 # shellcheck source-path=SCRIPTDIR disable=SC2015,SC2119 # "test && test || fail" is meant
 source "$(dirname "$0")/../cbt-lib.sh"
 require_vm
 
-ktap_plan 12
+ktap_plan 13
 
 if [ ! -f "$BLKSNAP_KO" ]; then
 	ktap_diag "$BLKSNAP_KO is missing (the module did not build)"
@@ -35,18 +36,30 @@ sd_setup() {
 	while (($(sd_disks | wc -l) < 3)) && ((n-- > 0)); do sleep 0.1; done
 	mapfile -t SD < <(sd_disks)
 	((${#SD[@]} == 3)) || { echo "scsi_debug disks: ${SD[*]}"; return 1; }
-	# Ready when a read works: a fresh scsi_debug disk answers its first
-	# commands with a unit attention (power-on reset), and the slow debug
-	# kernel may still be scanning it.
-	for d in "${SD[@]}"; do
-		wait_for "/dev/$d" 5 || return 1
-		n=50
-		until dd if="/dev/$d" of=/dev/null bs=4k count=1 iflag=direct status=none 2>/dev/null; do
-			((n-- > 0)) || { echo "/dev/$d cannot be read"; return 1; }
-			sleep 0.2
-		done
-	done
+	for d in "${SD[@]}"; do sd_ready "$d" || return 1; done
 	echo "scsi_debug disks: ${SD[*]}"
+}
+# Waits until disk $1 can be read: a fresh scsi_debug disk answers its first
+# commands with a unit attention (power-on reset), and the slow debug kernel
+# may still be scanning it.
+sd_ready() {
+	local n=50
+	wait_for "/dev/$1" 5 || { echo "no /dev/$1"; return 1; }
+	until dd if="/dev/$1" of=/dev/null bs=4k count=1 iflag=direct status=none 2>/dev/null; do
+		((n-- > 0)) || { echo "/dev/$1 cannot be read"; return 1; }
+		sleep 0.2
+	done
+}
+# Adds a scsi_debug host and prints the name of its new disk, once ready.
+sd_add() {
+	local before d n=100
+	before=$(sd_disks | tr '\n' ' ')
+	echo 1 >/sys/bus/pseudo/drivers/scsi_debug/add_host || return 1
+	while [ "$(sd_disks | tr '\n' ' ')" = "$before" ] && ((n-- > 0)); do sleep 0.1; done
+	d=$(comm -13 <(tr ' ' '\n' <<<"$before" | sort) <(sd_disks) | head -n1)
+	[ -n "$d" ] || { echo "no new disk (had: $before)"; return 1; }
+	sd_ready "$d" >&2 || return 1
+	echo "$d"
 }
 setup_bad=
 sd_setup >/tmp/cbt-sd-setup 2>&1 || setup_bad="scsi_debug: $(cat /tmp/cbt-sd-setup)"
@@ -122,7 +135,7 @@ sd_taken() {
 	dn=$(devno "/dev/$d")
 	new_snap "/dev/$d" || return 1
 	bs take "$id" || { echo "TAKE failed"; return 1; }
-	(while dd if=/dev/zero of="/dev/$d" bs=64k count=16 oflag=direct status=none 2>/dev/null; do :; done) &
+	(while dd if=/dev/zero of="/dev/$d" bs=64k count=16 oflag=direct conv=nocreat,notrunc status=none 2>/dev/null; do :; done) &
 	w=$!
 	sleep 1
 	sd_delete "$d" || { echo "delete $d failed"; kill $w; return 1; }
@@ -148,13 +161,8 @@ case_fn "TRACKER_COLLECT works and lists no tracker after the deletions" no_trac
 
 # The freed scsi_debug disks are released: new ones can come and be tracked.
 sd_again() {
-	local d id before out
-	before=$(sd_disks | tr '\n' ' ')
-	echo 1 >/sys/bus/pseudo/drivers/scsi_debug/add_host || return 1
-	local n=100
-	while [ "$(sd_disks | tr '\n' ' ')" = "$before" ] && ((n-- > 0)); do sleep 0.1; done
-	d=$(comm -13 <(tr ' ' '\n' <<<"$before" | sort) <(sd_disks) | head -n1)
-	[ -n "$d" ] && wait_for "/dev/$d" 5 || { echo "no new disk (had: $before)"; return 1; }
+	local d id out
+	d=$(sd_add) || return 1
 	new_snap "/dev/$d" || return 1
 	bs take "$id" || { echo "TAKE failed"; return 1; }
 	out=$(bs info "/dev/$d")
@@ -164,6 +172,48 @@ sd_again() {
 	gone "$d"
 }
 case_fn "a new scsi_debug disk after the deletions is tracked with its own capacity" sd_again
+
+# ---- deleted during copy-on-write, repeated: each round a new disk in a
+# taken snapshot with its storage on ram0, four writers making first writes
+# to chunks all over it, and the disk deleted under them. DESTROY and
+# TRACKER_REMOVE work, the writers end, nothing is left held.
+ROUNDS=$((${BLKSNAP_RACE_ROUNDS:-8} / 2))
+sd_cow_rounds() {
+	local r d dn id i ws out busy=0
+	for ((r = 0; r < ROUNDS; r++)); do
+		d=$(sd_add) || { echo "round $r: $d"; return 1; }
+		dn=$(devno "/dev/$d")
+		new_snap "/dev/$d" || return 1
+		bs append-storage "$id" /dev/ram0 0+16384 >/dev/null && bs take "$id" >/dev/null ||
+			{ echo "round $r: APPEND_STORAGE/TAKE failed"; return 1; }
+		# Writer i writes 64 KiB blocks i, i+4, i+8, ... in order: first
+		# writes to new chunks all the way through.
+		ws=()
+		for i in 0 1 2 3; do
+			# (nocreat: once the node is gone, dd must fail, not make a file)
+			(for ((k = i; k < 256; k += 4)); do
+				dd if=/dev/urandom of="/dev/$d" bs=64k count=1 seek=$k \
+					oflag=direct conv=nocreat,notrunc status=none 2>/dev/null || break
+			done) &
+			ws+=($!)
+		done
+		sleep 0.$((RANDOM % 5))
+		kill -0 "${ws[@]}" 2>/dev/null && busy=$((busy + 1))
+		sd_delete "$d" || { echo "round $r: delete $d failed"; kill "${ws[@]}"; return 1; }
+		gone "$d" || { echo "round $r: /sys/block/$d still there"; kill "${ws[@]}"; return 1; }
+		for i in "${ws[@]}"; do
+			timeout 30 tail --pid="$i" -f /dev/null || { echo "round $r: a writer hangs"; return 1; }
+		done
+		wait "${ws[@]}" 2>/dev/null
+		out=$(bs collect --count 8) && grep -q "^id=$id" <<<"$out" ||
+			{ echo "round $r: SNAPSHOT_COLLECT: $out"; return 1; }
+		bs destroy "$id" || { echo "round $r: DESTROY failed"; return 1; }
+		untrack "$dn" || { echo "round $r"; return 1; }
+	done
+	echo "note: $ROUNDS disks deleted, $busy of them while first writes were running"
+}
+case_fn "disks deleted during copy-on-write ($ROUNDS rounds): DESTROY and remove work, writers end" \
+	sd_cow_rounds
 
 # ---- a loop device detached while tracked
 loop_setup lp $((8 << 20))
