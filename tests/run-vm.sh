@@ -9,8 +9,9 @@
 #
 # Counts the individual test cases. A script that exits non-zero without
 # failing a case, reports fewer cases than planned, times out, or leaves the
-# blksnap module loaded counts as one more failure. The last line is
-# "N passed, N failed, N skipped"; the exit status is 1 if anything failed.
+# blksnap module loaded or processes running counts as one more failure. The
+# last line is "N passed, N failed, N skipped"; the exit status is 1 if
+# anything failed.
 set -u
 
 TESTS_DIR=$(cd "$(dirname "$0")" && pwd)
@@ -36,6 +37,24 @@ else
 	done
 fi
 
+# Runs one script ($1), then kills what it left running in its process group
+# (timeout gives each script its own): a leftover writer would keep the output
+# pipe open and hang the run. Says so in a line the runner counts as a failure.
+# shellcheck disable=SC2016 # expanded by the inner bash
+reap='bash "$1" </dev/null; rc=$?
+named=
+for _ in 1 2 3 4 5; do
+	pgrep -g 0 >"/tmp/reap.$$"
+	left=$(grep -vx -e "$$" -e "$PPID" "/tmp/reap.$$")
+	[ -n "$left" ] || break
+	[ -n "$named" ] || named=$(ps -o comm= -p "$(echo $left | tr " " ,)" | tr "\n" " ")
+	kill -KILL $left 2>/dev/null
+	sleep 0.2
+done
+rm -f "/tmp/reap.$$"
+[ -z "$named" ] || echo "# left processes running: $named"
+exit $rc'
+
 pass=0 fail=0 skip=0
 echo "KTAP version 1"
 echo "1..${#scripts[@]}"
@@ -46,7 +65,7 @@ for script in "${scripts[@]}"; do
 	log=$(mktemp)
 	echo "run-vm: start $name" >/dev/kmsg
 	start=$SECONDS
-	timeout --kill-after=10 "${BLKSNAP_TEST_TIMEOUT:-900}" bash "$script" </dev/null 2>&1 |
+	timeout --kill-after=10 "${BLKSNAP_TEST_TIMEOUT:-900}" bash -c "$reap" reap "$script" </dev/null 2>&1 |
 		tee "$log" | sed -u 's/^/    /'
 	rc=${PIPESTATUS[0]}
 	echo "run-vm: end $name (exit $rc)" >/dev/kmsg
@@ -65,6 +84,9 @@ for script in "${scripts[@]}"; do
 		s=$((s + 1))
 	elif [ "$rc" != 0 ] && [ "$f" = 0 ]; then
 		extra+=("exited with status $rc without failing a case")
+	fi
+	if grep -q '^# left processes running' "$log"; then
+		extra+=("left processes running")
 	fi
 	if [ -z "$planned" ]; then
 		[ "$rc" = 4 ] || extra+=("no KTAP plan")
@@ -93,6 +115,13 @@ for script in "${scripts[@]}"; do
 	if [ -e /sys/module/brd ] && ! rmmod brd 2>/dev/null; then
 		for _ in $(seq 30); do sleep 1; rmmod brd 2>/dev/null && break; done
 		[ -e /sys/module/brd ] && extra+=("left brd in use")
+	fi
+	# A writer that outlived its device makes a regular file of the node,
+	# and the next script would find it in place of its device.
+	strays=$(find /dev -maxdepth 1 -type f -newer "$log" | tr '\n' ' ')
+	if [ -n "$strays" ]; then
+		extra+=("left regular files in /dev: $strays")
+		rm -f $strays
 	fi
 	rm -f "$log"
 

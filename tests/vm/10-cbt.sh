@@ -158,7 +158,7 @@ held_check() {
 	[ -n "$id" ] || { echo "create failed"; return 1; }
 	bs take "$id" >/dev/null || { echo "take failed"; return 1; }
 	bs map /dev/ram0 --out $a >/dev/null || { echo "read failed"; return 1; }
-	dd if=/dev/urandom of=/dev/ram0 bs=4k count=$((RD_KIB / 4)) oflag=direct status=none
+	dd if=/dev/urandom of=/dev/ram0 bs=4k count=$((RD_KIB / 4)) oflag=direct conv=nocreat status=none
 	"$PYTHON" -c 'import os,sys; fd=os.open(sys.argv[1],os.O_WRONLY); os.pwrite(fd,b"x"*100,12345); os.fsync(fd)' /dev/ram0
 	bs mark-dirty /dev/ram0 0+1 >/dev/null || { echo "mark-dirty failed"; return 1; }
 	bs map /dev/ram0 --out $b >/dev/null || { echo "second read failed"; return 1; }

@@ -245,7 +245,7 @@ case_fn "rmmod with snapshots and trackers alive works and leaves nothing" unloa
 # ---- churn under I/O
 WRITERS=()
 for i in 1 2 3; do
-	(while dd if=/dev/urandom of=/dev/ram$i bs=64k count=8 seek=$((RANDOM % 56)) \
+	(while dd if=/dev/urandom of=/dev/ram$i bs=64k count=8 seek=$((RANDOM % 56)) conv=nocreat \
 		oflag=direct status=none; do :; done) &
 	WRITERS+=($!)
 	at_exit "kill $!"

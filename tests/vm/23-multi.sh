@@ -328,7 +328,7 @@ unload_alive() {
 	out=$($CLI snapshot_create -d /dev/ram2) || { echo "create: $out"; return 1; }
 	: >$errs
 	(for i in $(seq 1 30); do
-		dd if=/dev/urandom of=/dev/ram1 bs=64k count=2 seek=$((i * 13 % 250)) oflag=direct conv=notrunc \
+		dd if=/dev/urandom of=/dev/ram1 bs=64k count=2 seek=$((i * 13 % 250)) oflag=direct conv=notrunc,nocreat \
 			status=none 2>>$errs || echo "write $i failed" >>$errs
 	done) &
 	w=$!
