@@ -495,13 +495,15 @@ class Run:
         self.created = False
         self.history = []  # every write to an original, as a Write
 
-    def corrupt_error(self, e):
+    def corrupt_error(self, e, write=False):
         """Whether an image I/O error is what a corrupted snapshot gives:
-        EIO; with --corrupt-errno other than ENOSPC (a storage device going
-        away) any error, as I/O in flight then fails as the device does."""
+        EIO, or ENOSPC for the image write that ran out of storage itself;
+        with --corrupt-errno other than ENOSPC (a storage device going away)
+        any error, as I/O in flight then fails as the device does."""
         if not self.a.overflow:
             return False
-        if e.errno == errno.EIO or self.a.corrupt_errno != errno.ENOSPC:
+        if (e.errno == errno.EIO or (write and e.errno == errno.ENOSPC)
+                or self.a.corrupt_errno != errno.ENOSPC):
             self.corrupt_seen.set()
             return True
         return False
@@ -822,7 +824,7 @@ class Run:
                 try:
                     buf.pwrite(t.image_fd, data, lba)
                 except OSError as e:
-                    if self.corrupt_error(e):
+                    if self.corrupt_error(e, write=True):
                         self.corrupt_seen.set()
                         return
                     self.report.fail(f"image write {t.image} LBA {lba}+{n}: {errname(e.errno)}")

@@ -159,7 +159,7 @@ stretch_end() {
 tcase "DESTROY ends the event loop's wait" stretch_end
 
 # ---- overflow: storage for 4 chunks (256 KiB each) of a 32 MiB device
-tcase "overflow: one corrupted event (ENOSPC), original writes go on and lose nothing, image I/O fails with EIO" \
+tcase "overflow: one corrupted event (ENOSPC), original writes go on and lose nothing, image I/O fails (EIO; ENOSPC for the image write that overflows)" \
 	stamp run --dev "$L2" --storage "$L3:0:2048" --overflow --writers 4 --writes 300 \
 	--seconds 20 --image-writes 20 --zeroout --seed 42
 
