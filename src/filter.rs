@@ -9,9 +9,9 @@
 //! is tracked on the disk too. If the device is in a taken snapshot and the bio
 //! changes a chunk whose original data is not stored yet, the bio is held
 //! back and handed to the module's workqueue, which copies the chunk and
-//! then passes the bio on. The filter itself never sleeps, so bios from
-//! stacked drivers (only queued until their driver returns) and
-//! `REQ_NOWAIT` submitters are never put to sleep.
+//! then passes the bio on. The filter runs with preemption disabled and
+//! never sleeps, so bios from stacked drivers (only queued until their
+//! driver returns) and `REQ_NOWAIT` submitters are never put to sleep.
 //!
 //! Locking: the tracker index lookup runs under RCU; the decision holds the
 //! take barrier for reading, then the tracker's lock, then the chunk lock.
@@ -19,7 +19,7 @@
 use crate::{
     diff_area::{DiffArea, WriteNeed},
     sys::{
-        bio::{Bio, DevIdentity, Op},
+        bio::{Bio, DevIdentity, Op, Submitted},
         sync::TakeBarrier,
         work, NoIo,
     },
@@ -36,13 +36,13 @@ struct Held {
     sectors: u64,
 }
 
-/// Called for every bio from outside the module; passes it on, now or
-/// after copy-on-write.
-pub(crate) fn submit(bio: Bio) {
+/// Called for every bio submitted from outside the module, in the
+/// submitter's context with preemption disabled: gives the bio back to go
+/// on now, or takes it over to pass it on after copy-on-write.
+pub(crate) fn submit(bio: Submitted) -> Option<Submitted> {
     let info = bio.info();
     if info.op() != Op::Change || info.sectors() == 0 {
-        bio.pass();
-        return;
+        return Some(bio);
     }
     let sectors = info.sectors();
     let (dev, identity) = info.dev();
@@ -53,31 +53,28 @@ pub(crate) fn submit(bio: Bio) {
     } else {
         None
     };
-    if on_dev.is_none() && on_whole.is_none() {
-        bio.pass();
-        return;
-    }
     let Some(queue) = on_dev
         .as_ref()
         .or(on_whole.as_ref())
         .map(|(area, _)| area.queue().clone())
     else {
-        bio.pass();
-        return;
+        return Some(bio);
+    };
+    let Ok(slot) = work::Slot::new(GFP_ATOMIC) else {
+        // No memory for the work item: the write must not wait or be
+        // lost, so the snapshot pays.
+        for (area, _) in [on_dev, on_whole].iter().flatten() {
+            area.corrupt(ENOMEM);
+        }
+        return Some(bio);
     };
     let held = Held {
         areas: [on_dev, on_whole],
-        bio,
+        bio: bio.take(),
         sectors,
     };
-    if let Err(held) = work::spawn(queue.queue(), GFP_ATOMIC, held, copy_then_pass) {
-        // No memory for the work item: the write must not wait or be
-        // lost, so the snapshot pays.
-        for (area, _) in held.areas.iter().flatten() {
-            area.corrupt(ENOMEM);
-        }
-        held.bio.pass();
-    }
+    slot.spawn(queue.queue(), held, copy_then_pass);
+    None
 }
 
 /// The tracker lookup for `dev` and the copy-on-write decision for a write

@@ -80,6 +80,35 @@ impl BioInfo {
     }
 }
 
+/// A bio inside a call of `submit_bio_noacct` from outside the module, as
+/// the bio hook shows it to the filter: it goes on with that call unless the
+/// filter takes it over ([`Submitted::take`]).
+pub(crate) struct Submitted(core::ptr::NonNull<bindings::bio>);
+
+impl Submitted {
+    /// `bio`, inside the submit call the hook intercepted.
+    ///
+    /// # Safety
+    ///
+    /// `bio` is the argument of that call, and the caller lets it go on
+    /// unless the [`Submitted`] is taken.
+    pub(super) unsafe fn new(bio: core::ptr::NonNull<bindings::bio>) -> Self {
+        Submitted(bio)
+    }
+
+    /// The bio's fields.
+    pub(crate) fn info(&self) -> BioInfo {
+        // SAFETY: the bio is valid for the whole submit call.
+        unsafe { BioInfo::read(self.0.as_ptr()) }
+    }
+
+    /// Takes the bio over: the submit call returns without passing it on,
+    /// and the module passes it on or ends it later.
+    pub(crate) fn take(self) -> Bio {
+        Bio(self.0)
+    }
+}
+
 /// A bio the module holds: one submitted to a tracked device and held back
 /// until its chunks are copied, or one submitted to a snapshot image. It
 /// must be passed on or ended exactly once; dropping it without either

@@ -3,21 +3,18 @@
 //! [`BioHook`]: every bio submitted on the system passes through the bio
 //! filter first.
 //!
-//! The C shim's ftrace ops on `submit_bio_noacct` redirects each call made
-//! from outside the module to `blksnap_bio_hook`, which hands the bio to the
-//! filter (`crate::filter::submit`); the filter passes it on from inside the
-//! module, where the ops lets it through. The module's own I/O therefore
-//! never reaches the filter.
+//! The C shim's ftrace ops on `submit_bio_noacct` shows each call made from
+//! outside the module to `blksnap_bio_filter`, in the submitter's context
+//! with preemption disabled. The filter lets the bio go on with that call,
+//! or takes it over (the call then returns at once) and passes it on later
+//! from inside the module, where the ops lets it through. The module's own
+//! I/O therefore never reaches the filter.
 //!
-//! Locking: none; [`INFLIGHT`] counts the calls inside the hook so removal
-//! can wait for them to leave the module's text.
+//! Locking: none. Unregistering the ops waits for every CPU to leave the
+//! handler and for every task to leave the module's text it jumped to.
 
-use super::{bindings, bio::Bio};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use super::{bindings, bio::Submitted};
 use kernel::{error::to_result, prelude::*};
-
-/// Calls currently inside `blksnap_bio_hook`.
-static INFLIGHT: AtomicUsize = AtomicUsize::new(0);
 
 /// The installed hook; removed on drop.
 pub(crate) struct BioHook(());
@@ -35,28 +32,27 @@ impl BioHook {
 impl Drop for BioHook {
     fn drop(&mut self) {
         // SAFETY: installed by `install`. Unregistering waits until no CPU
-        // is in the ftrace handler any more.
+        // is in the ftrace handler, and no task in `blksnap_bio_taken`, any
+        // more (synchronize_rcu_tasks for an ops in a module).
         unsafe { bindings::blksnap_hook_remove() };
-        super::sync::synchronize_rcu();
-        while INFLIGHT.load(Ordering::Acquire) != 0 {
-            // SAFETY: process context (module unload).
-            unsafe { bindings::msleep(1) };
-        }
     }
 }
 
-/// Where the ftrace ops sends `submit_bio_noacct(bio)` calls.
+/// What the ftrace ops calls for `submit_bio_noacct(bio)`: whether the
+/// filter took the bio over.
 ///
 /// # Safety
 ///
-/// Called in place of `submit_bio_noacct` with the caller's bio.
+/// Called in the submitter's context, with preemption disabled, with the
+/// argument of that call; the call goes on with the bio unless this returns
+/// true.
 #[no_mangle]
-unsafe extern "C" fn blksnap_bio_hook(bio: *mut bindings::bio) {
-    INFLIGHT.fetch_add(1, Ordering::AcqRel);
-    // SAFETY: the submitter hands the bio over, as to `submit_bio_noacct`;
-    // the filter passes it on, now or after copy-on-write.
-    if let Some(bio) = unsafe { Bio::from_raw(bio) } {
-        crate::filter::submit(bio);
-    }
-    INFLIGHT.fetch_sub(1, Ordering::AcqRel);
+unsafe extern "C" fn blksnap_bio_filter(bio: *mut bindings::bio) -> bool {
+    let Some(bio) = core::ptr::NonNull::new(bio) else {
+        return false;
+    };
+    // SAFETY: the caller's guarantee: the bio goes on unless taken, which
+    // `submit` tells by not giving it back.
+    let bio = unsafe { Submitted::new(bio) };
+    crate::filter::submit(bio).is_none()
 }

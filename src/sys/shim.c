@@ -54,15 +54,29 @@ BLKSNAP_PARAM(diff_storage_minimum,
 
 /* The bio hook. */
 
+/*
+ * Where a call of submit_bio_noacct() goes when the filter took its bio. A
+ * task preempted here is waited for when the ops is unregistered (ftrace
+ * does synchronize_rcu_tasks() for ops in modules), before the text goes.
+ */
+static void notrace blksnap_bio_taken(struct bio *bio)
+{
+}
+
 static void notrace blksnap_ftrace_handler(unsigned long ip,
 					   unsigned long parent_ip,
 					   struct ftrace_ops *ops,
 					   struct ftrace_regs *fregs)
 {
+	struct bio *bio;
+
 	/* The module's own submissions (blksnap_bio_pass) go through. */
-	if (!within_module(parent_ip, THIS_MODULE))
+	if (within_module(parent_ip, THIS_MODULE))
+		return;
+	bio = (struct bio *)ftrace_regs_get_argument(fregs, 0);
+	if (bio && blksnap_bio_filter(bio))
 		ftrace_regs_set_instruction_pointer(
-			fregs, (unsigned long)blksnap_bio_hook);
+			fregs, (unsigned long)blksnap_bio_taken);
 }
 
 static struct ftrace_ops blksnap_ftrace_ops = {

@@ -23,11 +23,13 @@ struct rwlock;
 /* Rust: validates and stores a module parameter (kernel_param_ops.set). */
 int blksnap_param_set(const char *val, const struct kernel_param *kp);
 
-/* The bio hook: an ftrace ops on submit_bio_noacct() that sends every bio
- * submitted from outside the module to blksnap_bio_hook() (Rust). */
+/* The bio hook: an ftrace ops on submit_bio_noacct() that shows every bio
+ * submitted from outside the module to blksnap_bio_filter() (Rust), with
+ * preemption disabled. A bio the filter takes over (true) does not go on:
+ * that call of submit_bio_noacct() returns at once. */
 int blksnap_hook_install(void);
 void blksnap_hook_remove(void);
-void blksnap_bio_hook(struct bio *bio);
+bool blksnap_bio_filter(struct bio *bio);
 /* Passes a bio on to submit_bio_noacct() from inside the module. */
 void blksnap_bio_pass(struct bio *bio);
 

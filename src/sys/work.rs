@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! [`spawn`]: runs a function on a workqueue with a payload, and gives the
-//! payload back if the work item cannot be allocated.
+//! payload back if the work item cannot be allocated; [`Slot`] allocates
+//! the work item before the payload is at hand.
 //!
 //! `Queue::try_spawn` of the `kernel` crate drops its closure when the
 //! allocation fails. A held-back write must never be dropped, so the
@@ -47,6 +48,35 @@ impl<T> WorkItem for Job<T> {
     }
 }
 
+/// A work item allocated for a payload of type `T`, not queued yet.
+pub(crate) struct Slot<T: Send + 'static>(Pin<KBox<Job<T>>>);
+
+impl<T: Send + 'static> Slot<T> {
+    /// Allocates a work item with `flags`.
+    pub(crate) fn new(flags: Flags) -> Result<Self> {
+        let slot = KBox::<Job<T>>::new_uninit(flags)?;
+        let job = slot.write_pin_init(pin_init!(Job {
+            work <- new_work!("blksnap_job"),
+            payload: None,
+            run: |_| {},
+        }));
+        // The initialiser cannot fail: `Work::new` is infallible.
+        match job {
+            Ok(job) => Ok(Slot(job)),
+            Err(never) => match never {},
+        }
+    }
+
+    /// Queues `run(payload)` on `queue`; cannot fail.
+    pub(crate) fn spawn(mut self, queue: &Queue, payload: T, run: fn(T)) {
+        // SAFETY: `payload` and `run` are not structurally pinned.
+        let job = unsafe { self.0.as_mut().get_unchecked_mut() };
+        job.payload = Some(payload);
+        job.run = run;
+        queue.enqueue(self.0);
+    }
+}
+
 /// Queues `run(payload)` on `queue`, allocating with `flags`; on allocation
 /// failure returns the payload untouched.
 pub(crate) fn spawn<T: Send + 'static>(
@@ -55,20 +85,11 @@ pub(crate) fn spawn<T: Send + 'static>(
     payload: T,
     run: fn(T),
 ) -> core::result::Result<(), T> {
-    let Ok(slot) = KBox::<Job<T>>::new_uninit(flags) else {
-        return Err(payload);
-    };
-    let job = slot.write_pin_init(pin_init!(Job {
-        work <- new_work!("blksnap_job"),
-        payload: Some(payload),
-        run,
-    }));
-    // The initialiser cannot fail: `Work::new` is infallible.
-    match job {
-        Ok(job) => {
-            queue.enqueue(job);
+    match Slot::new(flags) {
+        Ok(slot) => {
+            slot.spawn(queue, payload, run);
             Ok(())
         }
-        Err(never) => match never {},
+        Err(_) => Err(payload),
     }
 }
