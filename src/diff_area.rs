@@ -228,6 +228,47 @@ struct Chunk {
     readers: u32,
 }
 
+/// Which chunks a read sent on from the image's submit path covers, and
+/// whether it counts as a reader of them on the original; travels with the
+/// read as one `u64` (first chunk: 48 bits, chunk count: 15, the flag: 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ReadTag {
+    first: u64,
+    count: u64,
+    counted: bool,
+}
+
+impl ReadTag {
+    /// A tag for `count` chunks from `first`, if that fits.
+    fn new(first: u64, count: u64) -> Option<Self> {
+        (first < 1 << 48 && (1..1 << 15).contains(&count)).then_some(ReadTag {
+            first,
+            count,
+            counted: false,
+        })
+    }
+
+    fn counted(self, counted: bool) -> Self {
+        ReadTag { counted, ..self }
+    }
+
+    fn into_raw(self) -> u64 {
+        self.first << 16 | self.count << 1 | u64::from(self.counted)
+    }
+
+    fn from_raw(raw: u64) -> Self {
+        ReadTag {
+            first: raw >> 16,
+            count: raw >> 1 & 0x7fff,
+            counted: raw & 1 != 0,
+        }
+    }
+
+    fn chunks(self) -> core::ops::Range<u64> {
+        self.first..self.first + self.count
+    }
+}
+
 /// What a write to the original device needs.
 pub(crate) enum WriteNeed {
     /// Nothing: every chunk it touches is stored (or the snapshot is dead).
@@ -548,11 +589,13 @@ impl DiffArea {
     }
 
     /// Serves an image read without waiting, from the image's submit path:
-    /// a read of one chunk that is stored, or not copied, is sent on to
-    /// the device holding its data, and completes in
-    /// [`DiffArea::read_done`]. Gives the bio back when it needs the
-    /// worker: a write, a chunk being copied, a failed allocation, or an
-    /// error to report. Does not sleep.
+    /// a read whose chunks are all not copied is sent on to the original,
+    /// and one whose chunks are all stored, one after the other on one
+    /// storage device, to that device; it completes in
+    /// [`DiffArea::read_done`]. Gives the bio back when it needs the worker
+    /// or must be served chunk by chunk: a write, a chunk being copied,
+    /// chunks of both kinds, a failed allocation, or an error to report.
+    /// Does not sleep.
     pub(crate) fn read_fast(&self, bio: Bio) -> Option<Bio> {
         if bio.is_write() || !self.usable() {
             return Some(bio);
@@ -560,73 +603,107 @@ impl DiffArea {
         let info = bio.info();
         let (sector, count) = (info.sector(), info.sectors());
         let range = self.chunk_range(sector, count);
-        if range.end - range.start != 1 {
+        let Some(tag) = ReadTag::new(range.start, range.end - range.start) else {
             return Some(bio);
-        }
-        let c = range.start;
+        };
+        let cs = self.chunk_sectors();
         let mut node = None;
-        let (storage, target, counted) = loop {
+        let (storage, target, counted) = 'decide: loop {
             let mut chunks = self.chunks.lock();
-            match chunks.get_mut(&c) {
-                Some(ch) => match ch.state {
-                    State::NotCopied => {
-                        ch.readers += 1;
-                        break (None, sector, true);
-                    }
-                    State::Stored(slot) => {
-                        drop(chunks);
-                        let Ok(storage) = self.storage.device(slot.dev) else {
-                            return Some(bio);
+            // Where the first chunk's data is; every other chunk must agree.
+            let mut first: Option<State> = None;
+            for c in range.clone() {
+                let state = match chunks.get(&c) {
+                    Some(ch) => ch.state,
+                    None => {
+                        // Recorded as not copied, so its readers can count.
+                        let Some(reservation) = node.take() else {
+                            drop(chunks);
+                            match RBTreeNodeReservation::new(GFP_NOWAIT) {
+                                Ok(r) => node = Some(r),
+                                Err(_) => return Some(bio),
+                            }
+                            continue 'decide;
                         };
-                        let offset = sector - c * self.chunk_sectors();
-                        break (Some(storage), slot.sector + offset, false);
+                        let chunk = Chunk {
+                            state: State::NotCopied,
+                            readers: 0,
+                        };
+                        chunks.insert(RBTreeNodeReservation::into_node(reservation, c, chunk));
+                        State::NotCopied
                     }
-                    State::Copying | State::Failed => return Some(bio),
-                },
-                None => {
-                    let Some(reservation) = node.take() else {
-                        drop(chunks);
-                        match RBTreeNodeReservation::new(GFP_NOWAIT) {
-                            Ok(r) => node = Some(r),
-                            Err(_) => return Some(bio),
+                };
+                let agrees = match (first, state) {
+                    (None, State::NotCopied | State::Stored(_)) => true,
+                    (Some(State::NotCopied), State::NotCopied) => true,
+                    (Some(State::Stored(a)), State::Stored(b)) => {
+                        a.dev == b.dev && b.sector == a.sector + (c - range.start) * cs
+                    }
+                    _ => false,
+                };
+                if !agrees {
+                    return Some(bio);
+                }
+                first.get_or_insert(state);
+            }
+            match first {
+                Some(State::Stored(slot)) => {
+                    drop(chunks);
+                    let Ok(storage) = self.storage.device(slot.dev) else {
+                        return Some(bio);
+                    };
+                    let offset = sector - range.start * cs;
+                    break (Some(storage), slot.sector + offset, false);
+                }
+                Some(State::NotCopied) => {
+                    for c in range.clone() {
+                        if let Some(ch) = chunks.get_mut(&c) {
+                            ch.readers += 1;
                         }
-                        continue;
-                    };
-                    let chunk = Chunk {
-                        state: State::NotCopied,
-                        readers: 1,
-                    };
-                    chunks.insert(RBTreeNodeReservation::into_node(reservation, c, chunk));
+                    }
                     break (None, sector, true);
                 }
+                _ => return Some(bio),
             }
         };
         let bdev = storage.as_deref().unwrap_or(self.tracker.bdev());
         self.inflight.fetch_add(1, Ordering::AcqRel);
-        let tag = Redirect {
+        let tag = tag.counted(counted).into_raw();
+        let to = Redirect {
             ctx: core::ptr::from_ref(self).cast(),
-            tag: c << 1 | u64::from(counted),
+            tag,
         };
         // SAFETY: `self` and `bdev` (a storage device of `self.storage`, or
         // the original) outlive the read: `wait_reads` waits for `inflight`
         // to drop to zero before the image lets go of its area.
-        match unsafe { bio.redirect(bdev, target, tag) } {
+        match unsafe { bio.redirect(bdev, target, to) } {
             Ok(()) => None,
             Err(bio) => {
                 // Not sent: undo the counting; the worker serves it.
-                let _ = self.read_done(c << 1 | u64::from(counted), Ok(()));
+                let _ = self.read_done(tag, Ok(()));
                 Some(bio)
             }
         }
     }
 
+    /// The part of an image bio that lies in its first chunk, in sectors,
+    /// if the bio goes on past that chunk.
+    pub(crate) fn first_chunk_part(&self, bio: &Bio) -> Option<u64> {
+        let info = bio.info();
+        let (sector, count) = (info.sector(), info.sectors());
+        let cs = self.chunk_sectors();
+        let part = cs - sector % cs;
+        (part < count).then_some(part)
+    }
+
     /// Completes a read sent on by [`DiffArea::read_fast`] (`tag` says
-    /// which chunk, and whether it counted as a reader of the original),
-    /// in any context; returns the bio's result. A read of the original
-    /// that ends after the snapshot stopped holding back writes may have
-    /// seen new data: it fails.
+    /// which chunks, and whether they counted it as a reader of the
+    /// original), in any context; returns the bio's result. A read of the
+    /// original that ends after the snapshot stopped holding back writes
+    /// may have seen new data: it fails.
     pub(crate) fn read_done(&self, tag: u64, result: Result) -> Result {
-        let counted = tag & 1 != 0;
+        let tag = ReadTag::from_raw(tag);
+        let counted = tag.counted;
         let result = if counted && result.is_ok() && !self.usable() {
             Err(EIO)
         } else {
@@ -634,8 +711,10 @@ impl DiffArea {
         };
         let mut chunks = self.chunks.lock();
         if counted {
-            if let Some(ch) = chunks.get_mut(&(tag >> 1)) {
-                ch.readers = ch.readers.saturating_sub(1);
+            for c in tag.chunks() {
+                if let Some(ch) = chunks.get_mut(&c) {
+                    ch.readers = ch.readers.saturating_sub(1);
+                }
             }
         }
         self.inflight.fetch_sub(1, Ordering::AcqRel);

@@ -5,9 +5,11 @@
 //!
 //! Image bios arrive in the block layer's submit path, where the module may
 //! not wait for I/O of its own. Reads that need no waiting go on to the
-//! device holding their data from there (`DiffArea::read_fast`); the rest
-//! go to the module's workqueue, which serves them from the diff area (see
-//! `diff_area`). Images are writable: writes land in the difference storage.
+//! device holding their data from there, whole when their chunks are alike
+//! (`DiffArea::read_fast`); the rest are split at chunk boundaries and go to
+//! the module's workqueue one chunk at a time, which serves them from the
+//! diff area (see `diff_area`). Images are writable: writes land in the
+//! difference storage.
 //!
 //! Locking: none of its own. [`Minors`] is kept under the control state
 //! mutex. The disk is removed (`del_gendisk`, which waits for callers of
@@ -145,6 +147,21 @@ struct ImageBio {
 pub(crate) fn submit(image: ArcBorrow<'_, Image>, bio: Bio) {
     let Some(bio) = image.area.read_fast(bio) else {
         return;
+    };
+    // From here a bio is served one chunk at a time: one that goes on past
+    // its first chunk keeps that part, and the rest comes back later.
+    let bio = match image.area.first_chunk_part(&bio) {
+        Some(part) => match bio.split_front(part) {
+            Ok(front) => match image.area.read_fast(front) {
+                Some(front) => front,
+                None => return,
+            },
+            Err(bio) => {
+                bio.end(Err(ENOMEM));
+                return;
+            }
+        },
+        None => bio,
     };
     let image: Arc<Image> = image.into();
     let queue = image.area.queue().clone();

@@ -141,6 +141,27 @@ impl Bio {
         self.info().op() == Op::Change
     }
 
+    /// For a bio of an image disk, inside its `submit_bio`: splits off the
+    /// first `sectors` (fewer than the bio has) as a bio of their own, and
+    /// submits the rest again (the disk gets it after this call). Gives the
+    /// bio back if it cannot be split.
+    pub(crate) fn split_front(self, sectors: u64) -> core::result::Result<Bio, Bio> {
+        let Ok(sectors) = u32::try_from(sectors) else {
+            return Err(self);
+        };
+        if sectors == 0 || u64::from(sectors) >= self.info().sectors() {
+            return Err(self);
+        }
+        let bio = core::mem::ManuallyDrop::new(self);
+        // SAFETY: we hold the bio, and `sectors` is within it; the rest is
+        // handed back to the block layer, the split part is ours.
+        let front = unsafe { bindings::blksnap_bio_split_front(bio.0.as_ptr(), sectors) };
+        match core::ptr::NonNull::new(front) {
+            Some(front) => Ok(Bio(front)),
+            None => Err(core::mem::ManuallyDrop::into_inner(bio)),
+        }
+    }
+
     /// Passes the bio on to its device, from inside the module.
     pub(crate) fn pass(self) {
         let bio = core::mem::ManuallyDrop::new(self);

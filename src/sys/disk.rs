@@ -4,8 +4,9 @@
 //! bio-based disk per image ([`ImageDisk`]), whose bios go to
 //! `crate::snapimage::submit`.
 //!
-//! Each disk's limits keep a bio inside one chunk (`chunk_sectors`), and
-//! `bio_split_to_limits` enforces them before the image sees a bio.
+//! Each disk's limits keep a bio to at most 1 MiB or one chunk, whichever
+//! is larger, and `bio_split_to_limits` enforces them before the image sees
+//! a bio; the image splits further at chunk boundaries where it must.
 //!
 //! Locking: none of its own. The disk's `private_data` is the address of the
 //! image that owns the [`ImageDisk`]; `del_gendisk` (in `Drop`) returns only

@@ -340,14 +340,29 @@ static const struct block_device_operations blksnap_image_fops = {
 	.submit_bio = blksnap_image_submit_bio,
 };
 
+struct bio *blksnap_bio_split_front(struct bio *bio, unsigned int sectors)
+{
+	struct bio *split = bio_split(bio, sectors, GFP_NOIO,
+				      &bio->bi_bdev->bd_disk->bio_split);
+
+	if (!split)
+		return NULL;
+	bio_chain(split, bio);
+	/* Inside the disk's submit_bio: queued, and served after it returns. */
+	submit_bio_noacct(bio);
+	return split;
+}
+
 struct gendisk *blksnap_disk_create(int major, int minor, const char *name,
 				    u64 capacity, unsigned int chunk_sectors,
 				    void *private_data)
 {
 	struct queue_limits lim = {
 		.logical_block_size = SECTOR_SIZE,
-		.max_hw_sectors = chunk_sectors,
-		.chunk_sectors = chunk_sectors,
+		/* Bios may span chunks: the image splits them where it must. */
+		.max_hw_sectors = max(chunk_sectors, 2048U),
+		.max_segments = USHRT_MAX,
+		.max_segment_size = UINT_MAX,
 	};
 	struct gendisk *disk;
 	int ret;

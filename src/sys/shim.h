@@ -92,6 +92,10 @@ bool blksnap_log_allowed(void);
 /* Snapshot image disks. */
 struct workqueue_struct;
 struct workqueue_struct *blksnap_alloc_workqueue(void);
+/* Splits the first @sectors (fewer than the bio has) off an image disk's
+ * bio: returns them as a bio of their own, chained to @bio, and submits the
+ * rest of @bio again. NULL (and @bio untouched) if that cannot be done. */
+struct bio *blksnap_bio_split_front(struct bio *bio, unsigned int sectors);
 struct gendisk *blksnap_disk_create(int major, int minor, const char *name,
 				    u64 capacity, unsigned int chunk_sectors,
 				    void *private_data);
