@@ -13,8 +13,11 @@
 //! never sleeps, so bios from stacked drivers (only queued until their
 //! driver returns) and `REQ_NOWAIT` submitters are never put to sleep.
 //!
-//! Locking: the tracker index lookup runs under RCU; the decision holds the
-//! take barrier for reading, then the tracker's lock, then the chunk lock.
+//! Locking: the take barrier is held for reading from the lookup until a
+//! held write is handed to the workqueue (TAKE and DESTROY switch devices
+//! under it for writing, so the filter never drops the last reference to a
+//! diff area); inside it, the index lookup runs under RCU, then the
+//! tracker's lock, then the chunk lock.
 
 use crate::{
     diff_area::{DiffArea, WriteNeed},
@@ -44,6 +47,9 @@ pub(crate) fn submit(bio: Submitted) -> Option<Submitted> {
     if info.op() != Op::Change || info.sectors() == 0 {
         return Some(bio);
     }
+    // Held until the write is handed off, so the diff areas cloned here are
+    // never the last references (their drop may sleep).
+    let _barrier = TakeBarrier::read();
     let sectors = info.sectors();
     let (dev, identity) = info.dev();
     let (whole, whole_identity, whole_sector) = info.whole();
@@ -78,8 +84,9 @@ pub(crate) fn submit(bio: Submitted) -> Option<Submitted> {
 }
 
 /// The tracker lookup for `dev` and the copy-on-write decision for a write
-/// of `sectors` at `sector`: `None` if `dev` is not tracked (or the number
-/// now belongs to another disk), `Some(None)` if the write may pass now.
+/// of `sectors` at `sector`, under the take barrier: `None` if `dev` is not
+/// tracked (or the number now belongs to another disk), `Some(None)` if the
+/// write may pass now.
 fn decide_for(
     dev: u32,
     identity: DevIdentity,
@@ -90,7 +97,6 @@ fn decide_for(
         if t.bdev().identity() != identity {
             return None;
         }
-        let _barrier = TakeBarrier::read();
         let area = t.mark(sector, sectors)?;
         match area.write_need(sector, sectors) {
             WriteNeed::Nothing => None,
