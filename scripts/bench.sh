@@ -384,7 +384,10 @@ dd if=/dev/zero of="$work/store.img" bs=1M count="$store_mib" status=none
 
 log "running the benchmark in the VM (reps=$reps, runtime=${runtime}s, region=${region} MiB)"
 rc=0
-"$BLKSNAP_ROOT/scripts/vm.sh" --timeout "$timeout" --out "$work/vm" \
+# Both virtual CPUs run in parallel (--tcg multi): QD32 and the copy-on-write
+# workers need the second host core. The module loads and unloads only while
+# no I/O runs, which keeps clear of QEMU's stale-int3 fault (scripts/vm.sh).
+"$BLKSNAP_ROOT/scripts/vm.sh" --timeout "$timeout" --out "$work/vm" --tcg multi \
 	--disk "$work/disk.img" --disk "$work/store.img" \
 	-e BENCH_REPS="$reps" -e BENCH_RUNTIME="$runtime" -e BENCH_REGION_MIB="$region" \
 	-e BENCH_MEM_CHUNKS="$mem_chunks" -e BENCH_ONLY="${BENCH_ONLY:-}" \

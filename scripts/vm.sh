@@ -22,6 +22,15 @@
 #                      (the guest sees it as $BLKSNAP_VM_OUT); default: a temporary dir
 #   --disk FILE        attach FILE (raw image) as a virtio disk; the guest sees
 #                      the disks as /dev/vda, /dev/vdb, ... in the order given
+#   --tcg single|multi how QEMU runs the two virtual CPUs (default
+#                      $BLKSNAP_VM_TCG or single): "single" interleaves them
+#                      on one host thread, "multi" gives each its own. With
+#                      "multi", QEMU 7.2 sometimes runs a stale int3 after the
+#                      guest kernel patched live code (ftrace, static keys), and
+#                      the guest dies with "Oops: int3"; the stock function
+#                      tracer toggled during direct writes does it within
+#                      seconds, with no module loaded. "single" never has.
+#                      Benchmarks use "multi" for parallel throughput.
 #   -e NAME=VALUE      pass an environment variable to the command
 #
 # Environment: KDIR (kernel build tree; default: the output of scripts/kernel.sh),
@@ -71,6 +80,7 @@ usage() {
 }
 
 timeout=${BLKSNAP_VM_TIMEOUT:-1200}
+tcg_thread=${BLKSNAP_VM_TCG:-single}
 keep_out=
 extra_env=()
 disks=()
@@ -84,6 +94,8 @@ while (($#)); do
 	--disk) (($# >= 2)) || usage; disks+=("$2"); shift ;;
 	--disk=*) disks+=("${1#*=}") ;;
 	-e) (($# >= 2)) || usage; extra_env+=("$2"); shift ;;
+	--tcg) (($# >= 2)) || usage; tcg_thread=$2; shift ;;
+	--tcg=*) tcg_thread=${1#*=} ;;
 	-h | --help) usage ;;
 	--) shift; break ;;
 	-*) echo "vm.sh: unknown option $1" >&2; usage ;;
@@ -95,6 +107,10 @@ done
 if ! [[ $timeout =~ ^[0-9]+$ ]] || ((timeout == 0)); then
 	die "--timeout wants a positive number of seconds"
 fi
+case $tcg_thread in
+single | multi) ;;
+*) die "--tcg wants single or multi, got '$tcg_thread'" ;;
+esac
 for e in "${extra_env[@]}"; do
 	[[ $e =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "-e wants NAME=VALUE, got '$e'"
 done
@@ -188,7 +204,7 @@ cmdline=(
 
 # shellcheck disable=SC2054
 qemu=(
-	qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2G -no-reboot
+	qemu-system-x86_64 -accel "tcg,thread=$tcg_thread" -cpu max -smp 2 -m 2G -no-reboot
 	-nodefaults -no-user-config -display none -monitor none
 	-kernel "$bzimage" -append "${cmdline[*]}"
 	-fsdev local,id=root,path=/,security_model=none,readonly=on,multidevs=remap
