@@ -16,6 +16,9 @@ use kernel::{c_str, prelude::*, sync::Arc};
 // `pub` items and test-only accessors are the host crate's API.
 #[allow(dead_code, unreachable_pub)]
 mod cbt_map;
+// Kernel-free logic shared with the host tests (see `cbt_map`).
+#[allow(unreachable_pub)]
+mod chunk_bits;
 mod ctl;
 mod diff_area;
 // Kernel-free logic shared with the host tests (see `cbt_map`).

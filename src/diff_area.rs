@@ -26,12 +26,17 @@
 //!   storage devices; it is only taken in process context.
 //! * `Storage::devices` (IRQ-safe spinlock) holds the open storage devices,
 //!   so the image's submit path finds one without sleeping.
+//! * `DiffArea::settled` ([`ChunkBits`], lock-free) caches, for the filter,
+//!   the chunks writes pass without copy-on-write from now on: set under
+//!   `chunks` once a chunk is stored (or failed) with no image read of the
+//!   original in flight, which never changes back.
 //! * `DiffArea::inflight` counts image reads sent on from the submit path;
 //!   it drops under `chunks`, with `changed` signalled.
 //! * Order: a chunk lock is never held while taking the storage mutex or
 //!   the devices lock.
 
 use crate::{
+    chunk_bits::{self, ChunkBits},
     diff_storage::{self, DiffStorage, Extent, Slot},
     event_queue::EventQueue,
     sys::{
@@ -44,8 +49,9 @@ use crate::{
     tracker::Tracker,
     uapi,
 };
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use kernel::{
+    alloc::VVec,
     new_condvar, new_mutex,
     page::{Page, PAGE_SIZE},
     prelude::*,
@@ -296,6 +302,8 @@ pub(crate) struct DiffArea {
     active: AtomicBool,
     #[pin]
     chunks: IrqSpinLock<RBTree<u64, Chunk>>,
+    /// The chunks whose writes pass from now on (see the locking rules).
+    settled: ChunkBits<VVec<AtomicU64>>,
     #[pin]
     changed: CondVar,
     /// Chunk buffers kept for the next copies (at most
@@ -318,6 +326,13 @@ impl DiffArea {
         capacity: u64,
     ) -> Result<Arc<Self>> {
         let spare = KVec::with_capacity(SPARE_BUFFERS, GFP_KERNEL)?;
+        let chunk_count = capacity.div_ceil(1 << (chunk_shift - 9));
+        let words = usize::try_from(chunk_bits::words_for(chunk_count)).map_err(|_| ENOMEM)?;
+        let mut bits = VVec::with_capacity(words, GFP_KERNEL)?;
+        for _ in 0..words {
+            bits.push(AtomicU64::new(0), GFP_KERNEL)?;
+        }
+        let settled = ChunkBits::new(bits, chunk_count).ok_or(EINVAL)?;
         Arc::pin_init(
             pin_init!(DiffArea {
                 tracker,
@@ -327,6 +342,7 @@ impl DiffArea {
                 capacity,
                 active: AtomicBool::new(true),
                 chunks <- new_irq_spinlock!(RBTree::new(), "blksnap_chunks"),
+                settled,
                 changed <- new_condvar!("blksnap_chunk_changed"),
                 spare <- new_mutex!(spare, "blksnap_spare_buffers"),
                 inflight: AtomicUsize::new(0),
@@ -384,10 +400,17 @@ impl DiffArea {
         (sector >> shift)..(((end - 1) >> shift) + 1)
     }
 
+    /// For the bio filter, lock-free: whether a write of these sectors
+    /// surely passes without copy-on-write. `false` means "ask
+    /// [`DiffArea::write_need`]".
+    pub(crate) fn write_passes(&self, sector: u64, count: u64) -> bool {
+        !self.usable() || self.settled.all_set(self.chunk_range(sector, count))
+    }
+
     /// For the bio filter, in atomic context: whether a write of these
     /// sectors must wait for copy-on-write.
     pub(crate) fn write_need(&self, sector: u64, count: u64) -> WriteNeed {
-        if !self.usable() {
+        if self.write_passes(sector, count) {
             return WriteNeed::Nothing;
         }
         let chunks = self.chunks.lock();
@@ -419,12 +442,22 @@ impl DiffArea {
         }
     }
 
-    /// Waits until no image read of chunk `c` is in flight on the original.
+    /// Waits until no image read of chunk `c` is in flight on the original;
+    /// then, if `c` is stored (or failed), writes to it pass from now on.
     fn wait_no_readers(&self, c: u64) {
         let mut chunks = self.chunks.lock();
         while chunks.get(&c).is_some_and(|ch| ch.readers > 0) && self.active.load(Ordering::Acquire)
         {
             self.changed.wait(&mut chunks);
+        }
+        // Readers only count on a chunk not copied yet, so a stored or
+        // failed chunk with none stays so.
+        if let Some(Chunk {
+            state: State::Stored(_) | State::Failed,
+            readers: 0,
+        }) = chunks.get(&c)
+        {
+            self.settled.set(c);
         }
     }
 

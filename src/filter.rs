@@ -3,7 +3,8 @@
 //! The bio filter: what every bio submitted on the system goes through
 //! before it reaches its device (see `sys::hook`).
 //!
-//! Untracked devices pay one RCU lookup in the tracker index. For a tracked
+//! Untracked devices pay one RCU lookup in the tracker index (two for a
+//! partition). For a tracked
 //! device, writes, discards and write-zeroes mark change tracking; reads and
 //! flushes pass untouched. A bio sent to a partition of a tracked whole disk
 //! is tracked on the disk too. If the device is in a taken snapshot and the bio
@@ -47,12 +48,18 @@ pub(crate) fn submit(bio: Submitted) -> Option<Submitted> {
     if info.op() != Op::Change || info.sectors() == 0 {
         return Some(bio);
     }
-    // Held until the write is handed off, so the diff areas cloned here are
-    // never the last references (their drop may sleep).
-    let _barrier = TakeBarrier::read();
     let sectors = info.sectors();
     let (dev, identity) = info.dev();
     let (whole, whole_identity, whole_sector) = info.whole();
+    // Writes to devices nobody tracks go on without touching the barrier's
+    // shared cache line. A tracker added meanwhile has not seen this write
+    // either way: the lookup under the barrier could have come first too.
+    if !INDEX.contains(dev) && (whole == dev || !INDEX.contains(whole)) {
+        return Some(bio);
+    }
+    // Held until the write is handed off, so the diff areas cloned here are
+    // never the last references (their drop may sleep).
+    let _barrier = TakeBarrier::read();
     let on_dev = decide_for(dev, identity, info.sector(), sectors).flatten();
     let on_whole = if whole != dev {
         decide_for(whole, whole_identity, whole_sector, sectors).flatten()

@@ -123,12 +123,17 @@ impl Tracker {
     }
 
     /// Marks sectors `[sector, sector + count)` changed by a write and
-    /// returns the copy-on-write state it must go through, if any. Called
-    /// by the filter under the take barrier; never sleeps.
+    /// returns the copy-on-write state it may have to go through: none when
+    /// the device is in no taken snapshot or the chunks are known to be
+    /// settled. Called by the filter under the take barrier; never sleeps.
     pub(crate) fn mark(&self, sector: u64, count: u64) -> Option<Arc<DiffArea>> {
         let mut state = self.cbt.lock();
         state.map.mark(sector, count);
-        state.area.clone()
+        state
+            .area
+            .as_ref()
+            .filter(|area| !area.write_passes(sector, count))
+            .cloned()
     }
 
     /// MARK_DIRTY_BLOCKS and image writes: marks both tables.

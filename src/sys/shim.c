@@ -81,7 +81,16 @@ static void notrace blksnap_ftrace_handler(unsigned long ip,
 
 static struct ftrace_ops blksnap_ftrace_ops = {
 	.func = blksnap_ftrace_handler,
+	/*
+	 * Where ftrace_regs carry the arguments and the return address, the
+	 * light trampoline does (as for livepatch); elsewhere the handler
+	 * needs the full register save to change the instruction pointer.
+	 */
+#ifdef CONFIG_HAVE_DYNAMIC_FTRACE_WITH_ARGS
+	.flags = FTRACE_OPS_FL_IPMODIFY,
+#else
 	.flags = FTRACE_OPS_FL_SAVE_REGS | FTRACE_OPS_FL_IPMODIFY,
+#endif
 };
 
 int blksnap_hook_install(void)

@@ -10,5 +10,8 @@ pub mod params;
 #[path = "../../../src/cbt_map.rs"]
 pub mod cbt_map;
 
+#[path = "../../../src/chunk_bits.rs"]
+pub mod chunk_bits;
+
 #[path = "../../../src/diff_storage.rs"]
 pub mod diff_storage;
