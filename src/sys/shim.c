@@ -341,7 +341,7 @@ bool blksnap_log_allowed(void)
 
 struct workqueue_struct *blksnap_alloc_workqueue(void)
 {
-	return alloc_workqueue("blksnap", WQ_MEM_RECLAIM | WQ_UNBOUND, 0);
+	return alloc_workqueue("blksnap", WQ_MEM_RECLAIM, 0);
 }
 
 static const struct block_device_operations blksnap_image_fops = {
