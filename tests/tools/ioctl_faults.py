@@ -60,9 +60,13 @@ def attempt(op, fn, ok_errnos=(errno.ENOMEM,)):
     return True, r
 
 
+# Opened before the task is marked: opening it while marked may itself fail
+# with ENOMEM, and a write to an open fd allocates nothing.
+MAKE_IT_FAIL = os.open("/proc/self/make-it-fail", os.O_WRONLY)
+
+
 def mark(on):
-    with open("/proc/self/make-it-fail", "w") as f:
-        f.write("1" if on else "0")
+    os.pwrite(MAKE_IT_FAIL, b"1" if on else b"0", 0)
 
 
 def main():
