@@ -41,7 +41,7 @@ use crate::{
     event_queue::EventQueue,
     sys::{
         bdev::{self, BlockDevice},
-        bio::{page_io, Bio, Redirect},
+        bio::{pages_io, Bio, PageIo, Redirect},
         sync::{new_irq_spinlock, IrqSpinLock},
         vec::VecExt,
         CowQueue,
@@ -283,9 +283,11 @@ pub(crate) enum WriteNeed {
     Copy,
 }
 
-/// Chunk buffers a diff area keeps for reuse: as many copies as usually run
-/// at once skip allocating a chunk's worth of pages.
-const SPARE_BUFFERS: usize = 4;
+/// How much one held-back write copies with its I/O in flight together:
+/// the chunks it touches are read from the original in one go and written
+/// to their slots in one go, in batches of this many bytes (or one chunk).
+/// A diff area keeps chunk buffers for one batch for reuse.
+const COPY_BATCH_BYTES: u64 = 1 << 20;
 
 /// A device's copy-on-write state in a taken snapshot.
 #[pin_data]
@@ -306,8 +308,8 @@ pub(crate) struct DiffArea {
     settled: ChunkBits<VVec<AtomicU64>>,
     #[pin]
     changed: CondVar,
-    /// Chunk buffers kept for the next copies (at most
-    /// [`SPARE_BUFFERS`], room reserved at creation).
+    /// Chunk buffers kept for the next copies (at most a batch's worth,
+    /// room reserved at creation).
     #[pin]
     spare: Mutex<KVec<KVec<Page>>>,
     /// Image reads sent on by [`DiffArea::read_fast`] and not completed;
@@ -325,7 +327,7 @@ impl DiffArea {
         chunk_shift: u32,
         capacity: u64,
     ) -> Result<Arc<Self>> {
-        let spare = KVec::with_capacity(SPARE_BUFFERS, GFP_KERNEL)?;
+        let spare = KVec::with_capacity(batch_chunks(chunk_shift), GFP_KERNEL)?;
         let chunk_count = capacity.div_ceil(1 << (chunk_shift - 9));
         let words = usize::try_from(chunk_bits::words_for(chunk_count)).map_err(|_| ENOMEM)?;
         let mut bits = VVec::with_capacity(words, GFP_KERNEL)?;
@@ -431,14 +433,25 @@ impl DiffArea {
     /// of them is in flight on the original. A failure corrupts the snapshot
     /// but never the write: it goes on afterwards either way.
     pub(crate) fn prepare_write(&self, sector: u64, count: u64) {
-        for c in self.chunk_range(sector, count) {
-            if !self.usable() {
-                return;
+        let range = self.chunk_range(sector, count);
+        let batch = batch_chunks(self.chunk_shift) as u64;
+        let mut start = range.start;
+        while start < range.end {
+            let end = range.end.min(start.saturating_add(batch));
+            let (claimed, _) = self.claim(start..end);
+            self.copy_claimed(&claimed);
+            for c in start..end {
+                if !self.usable() {
+                    return;
+                }
+                // Chunks copied by others (or not claimed for lack of
+                // memory) are waited for (or copied) here.
+                if let Err(e) = self.ensure_stored(c) {
+                    self.storage.corrupt(self.tracker.dev(), e);
+                }
+                self.wait_no_readers(c);
             }
-            if let Err(e) = self.ensure_stored(c) {
-                self.storage.corrupt(self.tracker.dev(), e);
-            }
-            self.wait_no_readers(c);
+            start = end;
         }
     }
 
@@ -464,7 +477,6 @@ impl DiffArea {
     /// Makes sure chunk `c`'s original data is in the difference storage,
     /// copying it if nobody has; returns where it is.
     fn ensure_stored(&self, c: u64) -> Result<Slot> {
-        let mut node = None;
         loop {
             if !self.active.load(Ordering::Acquire) {
                 return Err(EIO);
@@ -473,75 +485,175 @@ impl DiffArea {
             match chunks.get(&c).map(|ch| ch.state) {
                 Some(State::Stored(slot)) => return Ok(slot),
                 Some(State::Failed) => return Err(EIO),
-                Some(State::Copying) => {
-                    self.changed.wait(&mut chunks);
-                    continue;
-                }
-                Some(State::NotCopied) => {
-                    if let Some(ch) = chunks.get_mut(&c) {
-                        ch.state = State::Copying;
+                Some(State::Copying) => self.changed.wait(&mut chunks),
+                Some(State::NotCopied) | None => {
+                    drop(chunks);
+                    let (claimed, short) = self.claim(c..c + 1);
+                    if claimed.is_empty() && short {
+                        return Err(ENOMEM);
                     }
-                }
-                None => {
-                    let Some(reservation) = node.take() else {
-                        drop(chunks);
-                        node = Some(RBTreeNodeReservation::new(GFP_KERNEL)?);
-                        continue;
-                    };
-                    let chunk = Chunk {
-                        state: State::Copying,
-                        readers: 0,
-                    };
-                    chunks.insert(RBTreeNodeReservation::into_node(reservation, c, chunk));
+                    // Now stored or failed, unless somebody else claimed it
+                    // first: then the next round waits for them.
+                    self.copy_claimed(&claimed);
                 }
             }
-            drop(chunks);
-            let result = self.copy(c);
-            if let Err(e) = result {
-                // The chunk's original data is lost to the snapshot.
-                if self.active.load(Ordering::Acquire) {
-                    self.storage.corrupt(self.tracker.dev(), e);
-                }
-            }
-            let mut chunks = self.chunks.lock();
-            if let Some(ch) = chunks.get_mut(&c) {
-                ch.state = match result {
-                    Ok(slot) => State::Stored(slot),
-                    Err(_) => State::Failed,
-                };
-            }
-            self.changed.notify_all();
-            return result;
         }
     }
 
-    /// Copies chunk `c` from the original device into a new slot.
-    fn copy(&self, c: u64) -> Result<Slot> {
-        let chunk_sectors = self.chunk_sectors();
-        let start = c * chunk_sectors;
-        let sectors = chunk_sectors.min(self.capacity.saturating_sub(start));
-        let (slot, storage) = self.storage.alloc(chunk_sectors)?;
-        let spare = self.spare.lock().pop();
-        let pages = match spare {
-            Some(pages) => pages,
-            None => {
-                let page_count =
-                    usize::try_from(chunk_sectors * 512 / PAGE_SIZE as u64).map_err(|_| EINVAL)?;
-                let mut pages = KVec::with_capacity(page_count, GFP_KERNEL)?;
-                for _ in 0..page_count {
-                    pages.push(Page::alloc_page(GFP_KERNEL)?, GFP_KERNEL)?;
-                }
-                pages
-            }
+    /// Marks the chunks of `range` that are not copied and that nobody
+    /// copies as being copied by the caller, who must pass them to
+    /// [`DiffArea::copy_claimed`]. Returns them in order, and whether any
+    /// was left out for lack of memory.
+    fn claim(&self, range: core::ops::Range<u64>) -> (KVec<u64>, bool) {
+        let len = usize::try_from(range.end - range.start).unwrap_or(usize::MAX);
+        let Ok(mut claimed) = KVec::with_capacity(len, GFP_KERNEL) else {
+            return (KVec::new(), true);
         };
-        let result = page_io(self.tracker.bdev(), start, sectors, &pages, false)
-            .and_then(|()| page_io(&storage, slot.sector, sectors, &pages, true));
+        // Tree nodes for the chunks never touched, allocated unlocked.
+        let missing = {
+            let chunks = self.chunks.lock();
+            range.clone().filter(|c| chunks.get(c).is_none()).count()
+        };
+        let mut nodes = KVec::new();
+        if nodes.reserve(missing, GFP_KERNEL).is_ok() {
+            while nodes.len() < missing {
+                let Ok(node) = RBTreeNodeReservation::new(GFP_KERNEL) else {
+                    break;
+                };
+                // Within the capacity reserved above: does not allocate.
+                if nodes.push(node, GFP_NOWAIT).is_err() {
+                    break;
+                }
+            }
+        }
+        let mut short = false;
+        let mut chunks = self.chunks.lock();
+        for c in range {
+            // Recorded in `claimed` (which has room) before the state
+            // changes, so no chunk is left copying with nobody copying it.
+            match chunks.get_mut(&c) {
+                Some(ch) => {
+                    if matches!(ch.state, State::NotCopied) && claimed.push(c, GFP_NOWAIT).is_ok()
+                    {
+                        ch.state = State::Copying;
+                    }
+                }
+                None => match nodes.pop() {
+                    Some(node) if claimed.push(c, GFP_NOWAIT).is_ok() => {
+                        let chunk = Chunk {
+                            state: State::Copying,
+                            readers: 0,
+                        };
+                        chunks.insert(RBTreeNodeReservation::into_node(node, c, chunk));
+                    }
+                    _ => short = true,
+                },
+            }
+        }
+        drop(chunks);
+        (claimed, short)
+    }
+
+    /// Copies the chunks the caller claimed (in order) into new slots, all
+    /// read in one go and written in one go; each ends stored or, if
+    /// anything failed, failed with the snapshot corrupted. Wakes waiters.
+    fn copy_claimed(&self, claimed: &[u64]) {
+        if claimed.is_empty() {
+            return;
+        }
+        let result = self.copy(claimed);
+        if let Err(e) = &result {
+            // The chunks' original data is lost to the snapshot.
+            if self.active.load(Ordering::Acquire) {
+                self.storage.corrupt(self.tracker.dev(), *e);
+            }
+        }
+        let mut chunks = self.chunks.lock();
+        for (i, c) in claimed.iter().enumerate() {
+            if let Some(ch) = chunks.get_mut(c) {
+                ch.state = match &result {
+                    Ok(slots) => slots.get(i).map_or(State::Failed, |s| State::Stored(*s)),
+                    Err(_) => State::Failed,
+                };
+            }
+        }
+        self.changed.notify_all();
+    }
+
+    /// Copies chunks `claimed` from the original device into new slots;
+    /// returns the slots, in the same order.
+    fn copy(&self, claimed: &[u64]) -> Result<KVec<Slot>> {
+        let cs = self.chunk_sectors();
+        let mut slots = KVec::with_capacity(claimed.len(), GFP_KERNEL)?;
+        let mut targets = KVec::with_capacity(claimed.len(), GFP_KERNEL)?;
+        for _ in claimed {
+            let (slot, bdev) = self.storage.alloc(cs)?;
+            // Within the capacities allocated above: do not allocate.
+            slots.push(slot, GFP_NOWAIT)?;
+            targets.push(bdev, GFP_NOWAIT)?;
+        }
+        let mut buffers = KVec::with_capacity(claimed.len(), GFP_KERNEL)?;
+        let mut result = Ok(());
+        for _ in claimed {
+            // Within the capacity allocated above: does not allocate.
+            let pushed = self
+                .buffer()
+                .and_then(|b| buffers.push(b, GFP_NOWAIT).map_err(Error::from));
+            if let Err(e) = pushed {
+                result = Err(e);
+                break;
+            }
+        }
+        // The last chunk of the device may be short.
+        let sectors = |c: u64| cs.min(self.capacity.saturating_sub(c * cs));
+        if result.is_ok() {
+            let from = claimed.iter().zip(buffers.iter());
+            result = pages_io(
+                from.clone().map(|(&c, pages)| PageIo {
+                    bdev: self.tracker.bdev(),
+                    sector: c * cs,
+                    sectors: sectors(c),
+                    pages,
+                }),
+                false,
+            )
+            .and_then(|()| {
+                pages_io(
+                    from.zip(slots.iter().zip(targets.iter()))
+                        .map(|((&c, pages), (slot, bdev))| PageIo {
+                            bdev,
+                            sector: slot.sector,
+                            sectors: sectors(c),
+                            pages,
+                        }),
+                    true,
+                )
+            });
+        }
         let mut spare = self.spare.lock();
-        if spare.len() < SPARE_BUFFERS {
+        for pages in buffers {
+            if spare.len() == spare.capacity() {
+                break;
+            }
             // Within the capacity reserved at creation: does not allocate.
             let _ = spare.push(pages, GFP_NOWAIT);
         }
-        result.map(|()| slot)
+        drop(spare);
+        result.map(|()| slots)
+    }
+
+    /// A chunk's worth of pages: a spare buffer, or new pages.
+    fn buffer(&self) -> Result<KVec<Page>> {
+        if let Some(pages) = self.spare.lock().pop() {
+            return Ok(pages);
+        }
+        let page_count =
+            usize::try_from(self.chunk_sectors() * 512 / PAGE_SIZE as u64).map_err(|_| EINVAL)?;
+        let mut pages = KVec::with_capacity(page_count, GFP_KERNEL)?;
+        for _ in 0..page_count {
+            pages.push(Page::alloc_page(GFP_KERNEL)?, GFP_KERNEL)?;
+        }
+        Ok(pages)
     }
 
     /// Serves a bio of the snapshot image, in process context. The bio lies
@@ -784,4 +896,12 @@ impl DiffArea {
         }
         result
     }
+}
+
+/// Chunks per copy batch (see [`COPY_BATCH_BYTES`]) for chunks of
+/// 2^`chunk_shift` bytes.
+fn batch_chunks(chunk_shift: u32) -> usize {
+    usize::try_from(COPY_BATCH_BYTES.checked_shr(chunk_shift).unwrap_or(0))
+        .unwrap_or(1)
+        .max(1)
 }

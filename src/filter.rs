@@ -17,8 +17,9 @@
 //! Locking: the take barrier is held for reading from the lookup until a
 //! held write is handed to the workqueue (TAKE and DESTROY switch devices
 //! under it for writing, so the filter never drops the last reference to a
-//! diff area); inside it, the index lookup runs under RCU, then the
-//! tracker's lock, then the chunk lock.
+//! diff area; it costs a lock only while a switch is announced); inside it,
+//! the index lookup runs under RCU, then the tracker's lock, then the chunk
+//! lock.
 
 use crate::{
     diff_area::{DiffArea, WriteNeed},

@@ -178,6 +178,8 @@ impl Snapshot {
                 }
             }
         }
+        // Before the freeze: announcing waits for a grace period.
+        let announced = TakeBarrier::announce();
         {
             let mut frozen = KVec::with_capacity(n, GFP_KERNEL)?;
             for t in self.trackers.iter() {
@@ -192,7 +194,7 @@ impl Snapshot {
                     }
                 }
             }
-            let _barrier = TakeBarrier::write();
+            let _barrier = announced.write();
             for (((t, p), g), area) in self
                 .trackers
                 .iter()
@@ -220,14 +222,16 @@ impl Snapshot {
         // instead of after it; both are safe.
         let mut detached =
             KVec::with_capacity(self.trackers.len(), GFP_KERNEL).unwrap_or_else(|_| KVec::new());
+        let announced = TakeBarrier::announce();
         {
-            let _barrier = TakeBarrier::write();
+            let _barrier = announced.write();
             for t in self.trackers.iter() {
                 if let Some(area) = t.set_area(None) {
                     let _ = detached.push(area, GFP_NOWAIT);
                 }
             }
         }
+        drop(announced);
         let mut images = self.images.lock();
         for image in images.iter() {
             image.area().deactivate();

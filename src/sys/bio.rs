@@ -271,46 +271,94 @@ impl Drop for Bio {
     }
 }
 
-/// Reads or writes `sectors` sectors at `sector` of `bdev` from or into
-/// `pages` (each a full page, in order), with the module's own bios. Sleeps.
-pub(crate) fn page_io(
-    bdev: &super::bdev::BlockDevice,
+/// One contiguous piece of the module's own I/O for [`pages_io`]: `sectors`
+/// sectors at `sector` of `bdev`, from or into `pages` (full pages, in
+/// order).
+#[derive(Clone, Copy)]
+pub(crate) struct PageIo<'a> {
+    pub(crate) bdev: &'a super::bdev::BlockDevice,
+    pub(crate) sector: u64,
+    pub(crate) sectors: u64,
+    pub(crate) pages: &'a [kernel::page::Page],
+}
+
+/// A page's worth (or the tail) of a [`PageIo`].
+#[derive(Clone, Copy)]
+struct PageUnit<'a> {
+    bdev: *mut bindings::block_device,
     sector: u64,
     sectors: u64,
-    pages: &[kernel::page::Page],
-    write: bool,
-) -> kernel::error::Result {
-    const PAGE_SECTORS: u64 = (kernel::page::PAGE_SIZE / 512) as u64;
+    page: &'a kernel::page::Page,
+}
+
+const PAGE_SECTORS: u64 = (kernel::page::PAGE_SIZE / 512) as u64;
+
+/// Reads or writes every piece of `ios` with the module's own bios, all
+/// submitted before any is waited for; pieces that continue each other on
+/// one device share bios. Sleeps. `EINVAL` (and no I/O) if a piece has too
+/// few pages; otherwise `ENOMEM` or the first I/O error, once every bio
+/// submitted has completed.
+pub(crate) fn pages_io<'a, I>(ios: I, write: bool) -> kernel::error::Result
+where
+    I: Iterator<Item = PageIo<'a>> + Clone,
+{
     const MAX_VECS: usize = 256;
     let op = if write {
         bindings::REQ_OP_WRITE
     } else {
         bindings::REQ_OP_READ
     };
-    let needed =
-        usize::try_from(sectors.div_ceil(PAGE_SECTORS)).map_err(|_| kernel::error::code::EINVAL)?;
-    let pages = pages.get(..needed).ok_or(kernel::error::code::EINVAL)?;
-    let mut done = 0u64;
-    for batch in pages.chunks(MAX_VECS) {
-        // SAFETY: the device is open; the bio is ours until `bio_put`; each
-        // page outlives the synchronous I/O.
-        unsafe {
-            let bio = bindings::blksnap_bio_new(bdev.raw(), sector + done, op, batch.len() as u16);
-            if bio.is_null() {
-                return Err(kernel::error::code::ENOMEM);
-            }
-            for page in batch {
-                let len = (sectors - done).min(PAGE_SECTORS) * 512;
-                if len == 0 {
-                    break;
-                }
-                bindings::bio_add_page(bio, page.as_ptr().cast(), len as u32, 0);
-                done += len / 512;
-            }
-            let ret = bindings::blksnap_bio_submit_wait(bio);
-            bindings::bio_put(bio);
-            kernel::error::to_result(ret)?;
-        }
+    let pages_of = |io: &PageIo<'_>| io.sectors.div_ceil(PAGE_SECTORS);
+    if ios
+        .clone()
+        .any(|io| u64::try_from(io.pages.len()).map_or(true, |n| n < pages_of(&io)))
+    {
+        return Err(kernel::error::code::EINVAL);
     }
-    Ok(())
+    let mut units = ios.flat_map(|io| {
+        io.pages
+            .iter()
+            .zip(0u64..pages_of(&io))
+            .map(move |(page, i)| PageUnit {
+                bdev: io.bdev.raw(),
+                sector: io.sector + i * PAGE_SECTORS,
+                sectors: (io.sectors - i * PAGE_SECTORS).min(PAGE_SECTORS),
+                page,
+            })
+    });
+    // SAFETY: no preconditions; NULL without memory.
+    let batch = unsafe { bindings::blksnap_batch_new() };
+    if batch.is_null() {
+        return Err(kernel::error::code::ENOMEM);
+    }
+    let mut result = Ok(());
+    while let Some(first) = units.next() {
+        // How many units from `first` on continue each other on its device.
+        let (mut count, mut end, mut whole) = (1, first.sector + first.sectors, true);
+        for u in units.clone() {
+            whole = whole && end - first.sector == count as u64 * PAGE_SECTORS;
+            if count == MAX_VECS || !whole || u.bdev != first.bdev || u.sector != end {
+                break;
+            }
+            count += 1;
+            end += u.sectors;
+        }
+        // SAFETY: the device is open (borrowed from a `PageIo`); the bio is
+        // ours until handed to the batch.
+        let bio = unsafe { bindings::blksnap_bio_new(first.bdev, first.sector, op, count as u16) };
+        if bio.is_null() {
+            result = Err(kernel::error::code::ENOMEM);
+            break;
+        }
+        for u in core::iter::once(first).chain(units.by_ref().take(count - 1)) {
+            // SAFETY: the bio has room for `count` pages; each page outlives
+            // the batch, which is waited for below.
+            unsafe { bindings::bio_add_page(bio, u.page.as_ptr().cast(), (u.sectors * 512) as u32, 0) };
+        }
+        // SAFETY: `batch` is live until waited for; the bio is complete.
+        unsafe { bindings::blksnap_batch_add(batch, bio) };
+    }
+    // SAFETY: `batch` came from `blksnap_batch_new`; this frees it.
+    let ret = unsafe { bindings::blksnap_batch_wait(batch) };
+    result.and(kernel::error::to_result(ret))
 }

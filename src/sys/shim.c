@@ -6,6 +6,7 @@
  */
 #include <linux/bio.h>
 #include <linux/blkdev.h>
+#include <linux/completion.h>
 #include <linux/ftrace.h>
 #include <linux/module.h>
 #include <linux/moduleparam.h>
@@ -13,6 +14,7 @@
 #include <linux/rcupdate.h>
 #include <linux/sched/mm.h>
 #include <linux/sched.h>
+#include <linux/slab.h>
 #include <linux/spinlock.h>
 #include <linux/workqueue.h>
 #include <linux/xarray.h>
@@ -74,9 +76,17 @@ static void notrace blksnap_ftrace_handler(unsigned long ip,
 	if (within_module(parent_ip, THIS_MODULE))
 		return;
 	bio = (struct bio *)ftrace_regs_get_argument(fregs, 0);
-	if (bio && blksnap_bio_filter(bio))
+	if (!bio)
+		return;
+	/*
+	 * ftrace's recursion guard already disables preemption; the take
+	 * barrier's fast path relies on it, so say it here.
+	 */
+	preempt_disable_notrace();
+	if (blksnap_bio_filter(bio))
 		ftrace_regs_set_instruction_pointer(
 			fregs, (unsigned long)blksnap_bio_taken);
+	preempt_enable_notrace();
 }
 
 static struct ftrace_ops blksnap_ftrace_ops = {
@@ -174,17 +184,38 @@ void blksnap_spin_unlock_irqrestore(struct spinlock *lock, unsigned long flags)
 	spin_unlock_irqrestore(lock, flags);
 }
 
-unsigned long blksnap_take_read_lock(void)
-{
-	unsigned long flags;
+/*
+ * The take barrier's fast path: while no switch is announced, the filter
+ * (which runs with preemption disabled, an RCU read-side critical section)
+ * takes no lock. A switch raises blksnap_take_announced and waits for a
+ * grace period before it takes the lock for writing: by then every filter
+ * that saw no announcement has finished, and every later one takes the lock.
+ */
+static atomic_t blksnap_take_announced = ATOMIC_INIT(0);
 
-	read_lock_irqsave(&blksnap_take_lock, flags);
-	return flags;
+bool blksnap_take_read_lock(unsigned long *flags)
+{
+	lockdep_assert_preemption_disabled();
+	if (likely(!atomic_read(&blksnap_take_announced)))
+		return false;
+	read_lock_irqsave(&blksnap_take_lock, *flags);
+	return true;
 }
 
 void blksnap_take_read_unlock(unsigned long flags)
 {
 	read_unlock_irqrestore(&blksnap_take_lock, flags);
+}
+
+void blksnap_take_announce(void)
+{
+	atomic_inc(&blksnap_take_announced);
+	synchronize_rcu();
+}
+
+void blksnap_take_unannounce(void)
+{
+	atomic_dec(&blksnap_take_announced);
 }
 
 unsigned long blksnap_take_write_lock(void)
@@ -289,6 +320,57 @@ int blksnap_bio_submit_wait(struct bio *bio)
 	blksnap_bio_pass(bio);
 	wait_for_completion_io(&done);
 	return blk_status_to_errno(bio->bi_status);
+}
+
+struct blksnap_batch {
+	atomic_t remaining;	/* bios in flight, plus one until waited for */
+	int error;		/* the first error, or 0 */
+	struct completion done;
+};
+
+struct blksnap_batch *blksnap_batch_new(void)
+{
+	struct blksnap_batch *b = kmalloc(sizeof(*b), GFP_NOIO);
+
+	if (b) {
+		atomic_set(&b->remaining, 1);
+		b->error = 0;
+		init_completion(&b->done);
+	}
+	return b;
+}
+
+static void blksnap_batch_endio(struct bio *bio)
+{
+	struct blksnap_batch *b = bio->bi_private;
+	int err = blk_status_to_errno(bio->bi_status);
+
+	if (err)
+		cmpxchg(&b->error, 0, err);
+	bio_put(bio);
+	/* The last touch of b unless this drops the count to zero. */
+	if (atomic_dec_and_test(&b->remaining))
+		complete(&b->done);
+}
+
+void blksnap_batch_add(struct blksnap_batch *b, struct bio *bio)
+{
+	atomic_inc(&b->remaining);
+	bio->bi_private = b;
+	bio->bi_end_io = blksnap_batch_endio;
+	bio->bi_opf |= REQ_SYNC;
+	blksnap_bio_pass(bio);
+}
+
+int blksnap_batch_wait(struct blksnap_batch *b)
+{
+	int err;
+
+	if (!atomic_dec_and_test(&b->remaining))
+		wait_for_completion_io(&b->done);
+	err = READ_ONCE(b->error);
+	kfree(b);
+	return err;
 }
 
 void blksnap_bio_end(struct bio *bio, int err)

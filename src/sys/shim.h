@@ -59,8 +59,14 @@ void blksnap_rcu_read_unlock(void);
 /* IRQ-safe spinlock and reader-writer lock operations. */
 unsigned long blksnap_spin_lock_irqsave(struct spinlock *lock);
 void blksnap_spin_unlock_irqrestore(struct spinlock *lock, unsigned long flags);
-unsigned long blksnap_take_read_lock(void);
+/* The take barrier. Readers run with preemption disabled; the lock is
+ * only taken (true, with *flags to restore) while a switch is announced.
+ * Writers announce (sleeps: one RCU grace period), take the lock, and
+ * unannounce after releasing it. */
+bool blksnap_take_read_lock(unsigned long *flags);
 void blksnap_take_read_unlock(unsigned long flags);
+void blksnap_take_announce(void);
+void blksnap_take_unannounce(void);
 unsigned long blksnap_take_write_lock(void);
 void blksnap_take_write_unlock(unsigned long flags);
 
@@ -78,6 +84,15 @@ struct bio *blksnap_bio_clone(struct bio *src, struct block_device *bdev,
 /* Submits and waits; returns 0 or a negative errno. Does not put the bio. */
 int blksnap_bio_submit_wait(struct bio *bio);
 void blksnap_bio_end(struct bio *bio, int err);
+/* A batch of the module's own bios: submitted one by one, waited for
+ * together. blksnap_batch_new() returns NULL without memory;
+ * blksnap_batch_add() submits a bio from blksnap_bio_new() and puts it on
+ * completion; blksnap_batch_wait() waits for every bio added, frees the
+ * batch and returns 0 or the first negative errno. */
+struct blksnap_batch;
+struct blksnap_batch *blksnap_batch_new(void);
+void blksnap_batch_add(struct blksnap_batch *b, struct bio *bio);
+int blksnap_batch_wait(struct blksnap_batch *b);
 /* Sends orig's I/O to bdev at sector through a clone, without waiting (it
  * does not sleep); on completion orig ends with the errno that
  * blksnap_redirect_done() (Rust) makes of the clone's. -ENOMEM if there is

@@ -8,10 +8,12 @@
 //!   context) touches.
 //! * [`TakeBarrier`]: one reader-writer spinlock for the whole module. The bio
 //!   filter holds it for reading while it marks change tracking and decides
-//!   on copy-on-write for a bio; SNAPSHOT_TAKE holds it for writing while it
-//!   switches every device of the snapshot, so all of them switch at one
-//!   point in time with respect to every write. Lock order: the barrier
-//!   before any [`IrqSpinLock`].
+//!   on copy-on-write for a bio; SNAPSHOT_TAKE and DESTROY hold it for
+//!   writing while they switch every device of the snapshot, so all of them
+//!   switch at one point in time with respect to every write. Switches are
+//!   rare, so they are announced first and wait for an RCU grace period;
+//!   while none is announced, the filter (preemption disabled) takes no
+//!   lock at all. Lock order: the barrier before any [`IrqSpinLock`].
 //! * [`RcuReadGuard`]: an RCU read-side critical section.
 
 use super::bindings;
@@ -68,36 +70,58 @@ pub(crate) struct TakeBarrier;
 
 /// The barrier held for reading; released on drop.
 pub(crate) struct TakeReadGuard {
-    flags: c_ulong,
+    /// `None` on the fast path: no switch was announced, none can happen
+    /// before the caller re-enables preemption.
+    flags: Option<c_ulong>,
     // Must be released on the CPU (and in the context) that took it.
     _not_send: PhantomData<*mut ()>,
 }
 
+/// A switch announced: until dropped, the filter takes the barrier's lock.
+pub(crate) struct TakeAnnounced(());
+
 /// The barrier held for writing; released on drop.
-pub(crate) struct TakeWriteGuard {
+pub(crate) struct TakeWriteGuard<'a> {
     flags: c_ulong,
+    _announced: PhantomData<&'a TakeAnnounced>,
     _not_send: PhantomData<*mut ()>,
 }
 
 impl TakeBarrier {
     /// Takes the barrier for reading: no TAKE switches while it is held.
+    /// Only for the bio filter, which runs with preemption disabled: while
+    /// no switch is announced, that alone keeps switches out (they wait
+    /// for an RCU grace period after announcing), and no lock is taken.
     pub(crate) fn read() -> TakeReadGuard {
+        let mut flags = 0;
         // SAFETY: the lock is a static `rwlock_t` in the C shim, always
-        // initialised; the guard releases it.
-        let flags = unsafe { bindings::blksnap_take_read_lock() };
+        // initialised; if taken, the guard releases it.
+        let locked = unsafe { bindings::blksnap_take_read_lock(&mut flags) };
         TakeReadGuard {
-            flags,
+            flags: locked.then_some(flags),
             _not_send: PhantomData,
         }
     }
 
+    /// Announces a switch: returns once every filter call either sees the
+    /// announcement (and takes the lock) or has finished. Sleeps (one RCU
+    /// grace period), so it comes before anything that must be quick.
+    pub(crate) fn announce() -> TakeAnnounced {
+        // SAFETY: process context (ioctls); undone by `TakeAnnounced`'s drop.
+        unsafe { bindings::blksnap_take_announce() };
+        TakeAnnounced(())
+    }
+}
+
+impl TakeAnnounced {
     /// Takes the barrier for writing: no bio is between its filter decision
     /// and its submission while it is held. Must not sleep while held.
-    pub(crate) fn write() -> TakeWriteGuard {
-        // SAFETY: as in `read`.
+    pub(crate) fn write(&self) -> TakeWriteGuard<'_> {
+        // SAFETY: as in `TakeBarrier::read`.
         let flags = unsafe { bindings::blksnap_take_write_lock() };
         TakeWriteGuard {
             flags,
+            _announced: PhantomData,
             _not_send: PhantomData,
         }
     }
@@ -105,14 +129,25 @@ impl TakeBarrier {
 
 impl Drop for TakeReadGuard {
     fn drop(&mut self) {
-        // SAFETY: taken for reading by `TakeBarrier::read` with these flags.
-        unsafe { bindings::blksnap_take_read_unlock(self.flags) }
+        if let Some(flags) = self.flags {
+            // SAFETY: taken for reading by `TakeBarrier::read` with these
+            // flags.
+            unsafe { bindings::blksnap_take_read_unlock(flags) }
+        }
     }
 }
 
-impl Drop for TakeWriteGuard {
+impl Drop for TakeAnnounced {
     fn drop(&mut self) {
-        // SAFETY: taken for writing by `TakeBarrier::write` with these flags.
+        // SAFETY: announced by `TakeBarrier::announce`, exactly once.
+        unsafe { bindings::blksnap_take_unannounce() }
+    }
+}
+
+impl Drop for TakeWriteGuard<'_> {
+    fn drop(&mut self) {
+        // SAFETY: taken for writing by `TakeAnnounced::write` with these
+        // flags.
         unsafe { bindings::blksnap_take_write_unlock(self.flags) }
     }
 }
