@@ -18,7 +18,7 @@
 #   --reps N           repetitions (default 5, quick 2)
 #   --runtime SECONDS  length of each timed fio run (default 5, quick 2)
 #   --region MIB       the part of each device the jobs cover (default 128, quick 32)
-#   --out FILE         the report (the raw results go to FILE's directory)
+#   --out FILE         the report (the raw results go to target/bench/work)
 #
 # BENCH_ONLY="held cow stall mem" runs only the named scenario groups (held:
 # 1, 2 and 4; cow: 3; stall: 5; mem: 6), for development.
@@ -371,7 +371,6 @@ fi
 : "${out:=$BLKSNAP_ROOT/target/bench/report.md}"
 mkdir -p "$(dirname "$out")"
 out=$(cd "$(dirname "$out")" && pwd)/$(basename "$out")
-dir=$(dirname "$out")
 
 log "packages"
 "$BLKSNAP_ROOT/scripts/deps.sh"
@@ -388,7 +387,8 @@ flock "$BLKSNAP_ROOT/target/.module-build.lock" make -s -C "$BLKSNAP_ROOT" KDIR=
 
 # The virtio disks: files created fresh for every run, written in full so
 # that no first write allocates blocks of the host's file system.
-work=$dir/work
+# The raw results stay in target/ whatever --out says.
+work=$BLKSNAP_ROOT/target/bench/work
 rm -rf "$work"
 mkdir -p "$work"
 store_mib=$((2 * region))
