@@ -52,14 +52,9 @@ pub(crate) fn submit(bio: Submitted) -> Option<Submitted> {
     let sectors = info.sectors();
     let (dev, identity) = info.dev();
     let (whole, whole_identity, whole_sector) = info.whole();
-    // Writes to devices nobody tracks go on without touching the barrier's
-    // shared cache line. A tracker added meanwhile has not seen this write
-    // either way: the lookup under the barrier could have come first too.
-    if !INDEX.contains(dev) && (whole == dev || !INDEX.contains(whole)) {
-        return Some(bio);
-    }
     // Held until the write is handed off, so the diff areas cloned here are
-    // never the last references (their drop may sleep).
+    // never the last references (their drop may sleep). While no switch is
+    // announced this reads one shared counter and takes no lock.
     let _barrier = TakeBarrier::read();
     let on_dev = decide_for(dev, identity, info.sector(), sectors).flatten();
     let on_whole = if whole != dev {

@@ -66,11 +66,6 @@ impl<T: Send + Sync> DevIndex<T> {
         Some(f(obj))
     }
 
-    /// Whether something is indexed at `dev` (at the time of the lookup).
-    pub(crate) fn contains(&self, dev: u32) -> bool {
-        self.with(dev, |_| ()).is_some()
-    }
-
     /// Indexes `obj` at `dev`; `EBUSY` if something already is.
     pub(crate) fn insert(&self, dev: u32, obj: Arc<T>) -> Result {
         let p = Arc::into_raw(obj);
