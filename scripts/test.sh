@@ -6,9 +6,10 @@
 # Steps, each a KTAP test case: install missing packages (scripts/deps.sh),
 # build or reuse the test kernel (scripts/kernel.sh; KDIR=... uses your own),
 # build blksnap.ko, build the user space (cargo build --release --workspace),
-# run the host unit tests (cargo test --workspace, nested), and boot the test
-# kernel under QEMU to run tests/run-vm.sh (nested; VM-TEST names select
-# scripts from tests/vm/). A failed step does not stop the later ones.
+# check the rustfmt formatting of both, run the host unit tests (cargo test
+# --workspace, nested), and boot the test kernel under QEMU to run
+# tests/run-vm.sh (nested; VM-TEST names select scripts from tests/vm/). A
+# failed step does not stop the later ones.
 #
 #   --debug            use the debug kernel (KASAN, lockdep, kmemleak); same as BLKSNAP_DEBUG=1
 #   --timeout SECONDS  limit for the VM run (default $BLKSNAP_VM_TIMEOUT, else 3600, 14400 with --debug)
@@ -79,7 +80,7 @@ step() {
 }
 
 echo "KTAP version 1"
-echo "1..6"
+echo "1..7"
 
 # 1: packages and bindgen.
 step deps deps "$BLKSNAP_ROOT/scripts/deps.sh"
@@ -120,7 +121,14 @@ else
 	report 1 userspace-build
 fi
 
-# 5: host unit tests, one subtest per Rust test.
+# 5: rustfmt: the user space workspace and the module's sources.
+check_format() {
+	cargo fmt --all -- --check &&
+		rustfmt --check --edition 2021 "$BLKSNAP_ROOT/src/blksnap.rs"
+}
+step format format check_format
+
+# 6: host unit tests, one subtest per Rust test.
 if [ -f "$BLKSNAP_ROOT/Cargo.toml" ]; then
 	logf=$logs/host-tests.log
 	t0=$SECONDS
@@ -165,7 +173,7 @@ else
 	report 1 host-tests
 fi
 
-# 6: the VM tests, nested.
+# 7: the VM tests, nested.
 if [ "$kernel_ok" = 1 ]; then
 	vmerr=$logs/vm-host.log
 	vm_args=(--timeout "$timeout")

@@ -30,8 +30,11 @@
 //!   the chunks writes pass without copy-on-write from now on: set under
 //!   `chunks` once a chunk is stored (or failed) with no image read of the
 //!   original in flight, which never changes back.
-//! * `DiffArea::inflight` counts image reads sent on from the submit path;
-//!   it drops under `chunks`, with `changed` signalled.
+//! * `DiffArea::inflight` counts image reads sent on from the submit path.
+//!   A read that counted as a reader of the original drops it under
+//!   `chunks`; one from the difference storage drops it with one atomic
+//!   operation, unless [`DiffArea::wait_reads`] raised [`DRAINING`] in it
+//!   (under `chunks`): then under `chunks`, with `changed` signalled.
 //! * Order: a chunk lock is never held while taking the storage mutex or
 //!   the devices lock.
 
@@ -289,6 +292,10 @@ pub(crate) enum WriteNeed {
 /// A diff area keeps chunk buffers for one batch for reuse.
 const COPY_BATCH_BYTES: u64 = 1 << 20;
 
+/// The bit of [`DiffArea::inflight`] that says [`DiffArea::wait_reads`]
+/// waits for the count to drop to zero.
+const DRAINING: usize = 1 << (usize::BITS - 1);
+
 /// A device's copy-on-write state in a taken snapshot.
 #[pin_data]
 pub(crate) struct DiffArea {
@@ -312,8 +319,9 @@ pub(crate) struct DiffArea {
     /// room reserved at creation).
     #[pin]
     spare: Mutex<KVec<KVec<Page>>>,
-    /// Image reads sent on by [`DiffArea::read_fast`] and not completed;
-    /// decremented under `chunks`, with `changed` signalled.
+    /// Image reads sent on by [`DiffArea::read_fast`] and not completed,
+    /// and [`DRAINING`] once [`DiffArea::wait_reads`] waits for them (see
+    /// the locking rules).
     inflight: AtomicUsize,
 }
 
@@ -533,8 +541,7 @@ impl DiffArea {
             // changes, so no chunk is left copying with nobody copying it.
             match chunks.get_mut(&c) {
                 Some(ch) => {
-                    if matches!(ch.state, State::NotCopied) && claimed.push(c, GFP_NOWAIT).is_ok()
-                    {
+                    if matches!(ch.state, State::NotCopied) && claimed.push(c, GFP_NOWAIT).is_ok() {
                         ch.state = State::Copying;
                     }
                 }
@@ -619,13 +626,14 @@ impl DiffArea {
             )
             .and_then(|()| {
                 pages_io(
-                    from.zip(slots.iter().zip(targets.iter()))
-                        .map(|((&c, pages), (slot, bdev))| PageIo {
+                    from.zip(slots.iter().zip(targets.iter())).map(
+                        |((&c, pages), (slot, bdev))| PageIo {
                             bdev,
                             sector: slot.sector,
                             sectors: sectors(c),
                             pages,
-                        }),
+                        },
+                    ),
                     true,
                 )
             });
@@ -854,16 +862,32 @@ impl DiffArea {
         } else {
             result
         };
+        if !counted {
+            // Nobody waits for this read unless `wait_reads` said so.
+            let dropped = self
+                .inflight
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n & DRAINING == 0).then(|| n.saturating_sub(1))
+                });
+            if dropped.is_ok() {
+                // The last touch of `self`: `wait_reads` may free it now.
+                return result;
+            }
+        }
         let mut chunks = self.chunks.lock();
+        let mut wake = false;
         if counted {
             for c in tag.chunks() {
                 if let Some(ch) = chunks.get_mut(&c) {
                     ch.readers = ch.readers.saturating_sub(1);
+                    wake |= ch.readers == 0;
                 }
             }
         }
-        self.inflight.fetch_sub(1, Ordering::AcqRel);
-        self.changed.notify_all();
+        let left = self.inflight.fetch_sub(1, Ordering::AcqRel).wrapping_sub(1);
+        if wake || left == DRAINING {
+            self.changed.notify_all();
+        }
         // The last touch of `self`: `wait_reads` may free it once the lock
         // is released.
         drop(chunks);
@@ -874,7 +898,8 @@ impl DiffArea {
     /// completed. The image disk is gone, so no new one starts.
     pub(crate) fn wait_reads(&self) {
         let mut chunks = self.chunks.lock();
-        while self.inflight.load(Ordering::Acquire) > 0 {
+        self.inflight.fetch_or(DRAINING, Ordering::AcqRel);
+        while self.inflight.load(Ordering::Acquire) & !DRAINING > 0 {
             self.changed.wait(&mut chunks);
         }
     }

@@ -25,7 +25,7 @@ use crate::{
     diff_area::{DiffArea, WriteNeed},
     sys::{
         bio::{Bio, DevIdentity, Op, Submitted},
-        sync::TakeBarrier,
+        sync::{PreemptOff, TakeBarrier},
         work, NoIo,
     },
     tracker::INDEX,
@@ -44,7 +44,7 @@ struct Held {
 /// Called for every bio submitted from outside the module, in the
 /// submitter's context with preemption disabled: gives the bio back to go
 /// on now, or takes it over to pass it on after copy-on-write.
-pub(crate) fn submit(bio: Submitted) -> Option<Submitted> {
+pub(crate) fn submit(bio: Submitted, preempt_off: &PreemptOff) -> Option<Submitted> {
     let info = bio.info();
     if info.op() != Op::Change || info.sectors() == 0 {
         return Some(bio);
@@ -55,10 +55,10 @@ pub(crate) fn submit(bio: Submitted) -> Option<Submitted> {
     // Held until the write is handed off, so the diff areas cloned here are
     // never the last references (their drop may sleep). While no switch is
     // announced this reads one shared counter and takes no lock.
-    let _barrier = TakeBarrier::read();
-    let on_dev = decide_for(dev, identity, info.sector(), sectors).flatten();
+    let _barrier = TakeBarrier::read(preempt_off);
+    let on_dev = decide_for(preempt_off, dev, identity, info.sector(), sectors).flatten();
     let on_whole = if whole != dev {
-        decide_for(whole, whole_identity, whole_sector, sectors).flatten()
+        decide_for(preempt_off, whole, whole_identity, whole_sector, sectors).flatten()
     } else {
         None
     };
@@ -91,12 +91,13 @@ pub(crate) fn submit(bio: Submitted) -> Option<Submitted> {
 /// tracked (or the number now belongs to another disk), `Some(None)` if the
 /// write may pass now.
 fn decide_for(
+    preempt_off: &PreemptOff,
     dev: u32,
     identity: DevIdentity,
     sector: u64,
     sectors: u64,
 ) -> Option<Option<(Arc<DiffArea>, u64)>> {
-    INDEX.with(dev, |t| {
+    INDEX.with(preempt_off, dev, |t| {
         if t.bdev().identity() != identity {
             return None;
         }

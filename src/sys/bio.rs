@@ -353,7 +353,9 @@ where
         for u in core::iter::once(first).chain(units.by_ref().take(count - 1)) {
             // SAFETY: the bio has room for `count` pages; each page outlives
             // the batch, which is waited for below.
-            unsafe { bindings::bio_add_page(bio, u.page.as_ptr().cast(), (u.sectors * 512) as u32, 0) };
+            unsafe {
+                bindings::bio_add_page(bio, u.page.as_ptr().cast(), (u.sectors * 512) as u32, 0)
+            };
         }
         // SAFETY: `batch` is live until waited for; the bio is complete.
         unsafe { bindings::blksnap_batch_add(batch, bio) };

@@ -12,7 +12,7 @@
 //! owner serializes insert-versus-remove decisions for one device (the
 //! tracker registry does so under its mutex).
 
-use super::{bindings, sync::RcuReadGuard};
+use super::{bindings, sync::PreemptOff};
 use core::marker::PhantomData;
 use kernel::{
     error::to_result,
@@ -48,12 +48,16 @@ impl<T: Send + Sync> DevIndex<T> {
         core::ptr::addr_of_mut!(bindings::blksnap_tracker_index)
     }
 
-    /// Runs `f` on the object indexed at `dev`, inside an RCU read section
-    /// (so `f` must not sleep). For the bio hot path: no reference count
-    /// traffic.
-    pub(crate) fn with<R>(&self, dev: u32, f: impl FnOnce(ArcBorrow<'_, T>) -> R) -> Option<R> {
-        let _rcu = RcuReadGuard::new();
-        // SAFETY: `xa_load` may be called under RCU on an initialised
+    /// Runs `f` on the object indexed at `dev`, with preemption disabled
+    /// (an RCU read section: `f` must not sleep). For the bio hot path: no
+    /// reference count traffic.
+    pub(crate) fn with<R>(
+        &self,
+        _rcu: &PreemptOff,
+        dev: u32,
+        f: impl FnOnce(ArcBorrow<'_, T>) -> R,
+    ) -> Option<R> {
+        // SAFETY: `xa_load` may be called in any context on an initialised
         // xarray.
         let p = unsafe { bindings::xa_load(Self::xa(), dev as usize) };
         if p.is_null() {
@@ -61,7 +65,7 @@ impl<T: Send + Sync> DevIndex<T> {
         }
         // SAFETY: the entry came from `Arc::into_raw` (the type invariant)
         // and is not dropped before a grace period after its removal; we are
-        // inside a read section.
+        // inside a read section (`_rcu`) until `f` returns.
         let obj = unsafe { ArcBorrow::from_raw(p.cast::<T>()) };
         Some(f(obj))
     }

@@ -13,7 +13,7 @@
 //! Locking: none. Unregistering the ops waits for every CPU to leave the
 //! handler and for every task to leave the module's text it jumped to.
 
-use super::{bindings, bio::Submitted};
+use super::{bindings, bio::Submitted, sync::PreemptOff};
 use kernel::{error::to_result, prelude::*};
 
 /// The installed hook; removed on drop.
@@ -54,5 +54,8 @@ unsafe extern "C" fn blksnap_bio_filter(bio: *mut bindings::bio) -> bool {
     // SAFETY: the caller's guarantee: the bio goes on unless taken, which
     // `submit` tells by not giving it back.
     let bio = unsafe { Submitted::new(bio) };
-    crate::filter::submit(bio).is_none()
+    // SAFETY: the shim's ftrace handler disables preemption around this
+    // call, and the proof does not outlive it.
+    let preempt_off = unsafe { PreemptOff::assume() };
+    crate::filter::submit(bio, &preempt_off).is_none()
 }

@@ -161,14 +161,9 @@ void blksnap_bio_get_info(struct bio *bio, struct blksnap_bio_info *info)
 DEFINE_XARRAY(blksnap_tracker_index);
 static DEFINE_RWLOCK(blksnap_take_lock);
 
-void blksnap_rcu_read_lock(void)
+void blksnap_assert_preemption_disabled(void)
 {
-	rcu_read_lock();
-}
-
-void blksnap_rcu_read_unlock(void)
-{
-	rcu_read_unlock();
+	lockdep_assert_preemption_disabled();
 }
 
 unsigned long blksnap_spin_lock_irqsave(struct spinlock *lock)
@@ -195,7 +190,6 @@ static atomic_t blksnap_take_announced = ATOMIC_INIT(0);
 
 bool blksnap_take_read_lock(unsigned long *flags)
 {
-	lockdep_assert_preemption_disabled();
 	if (likely(!atomic_read(&blksnap_take_announced)))
 		return false;
 	read_lock_irqsave(&blksnap_take_lock, *flags);

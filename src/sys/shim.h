@@ -53,8 +53,7 @@ void blksnap_bio_get_info(struct bio *bio, struct blksnap_bio_info *info);
 extern struct xarray blksnap_tracker_index;
 int blksnap_xa_insert(struct xarray *xa, unsigned long index, void *entry);
 
-void blksnap_rcu_read_lock(void);
-void blksnap_rcu_read_unlock(void);
+void blksnap_assert_preemption_disabled(void);
 
 /* IRQ-safe spinlock and reader-writer lock operations. */
 unsigned long blksnap_spin_lock_irqsave(struct spinlock *lock);

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Locks the `kernel` crate of the oldest supported kernel line lacks: an
-//! IRQ-safe spinlock, the global take barrier, and RCU read sections.
+//! IRQ-safe spinlock, the global take barrier, and proof of running with
+//! preemption disabled.
 //!
 //! * [`IrqSpinLock`]: a `kernel::sync::Lock` whose backend disables local
 //!   interrupts, for state that bio submission (which may run in softirq
@@ -14,7 +15,9 @@
 //!   rare, so they are announced first and wait for an RCU grace period;
 //!   while none is announced, the filter (preemption disabled) takes no
 //!   lock at all. Lock order: the barrier before any [`IrqSpinLock`].
-//! * [`RcuReadGuard`]: an RCU read-side critical section.
+//! * [`PreemptOff`]: the bio filter's proof that preemption is disabled,
+//!   which also makes it an RCU read-side critical section: RCU grace
+//!   periods wait for code that runs with preemption disabled.
 
 use super::bindings;
 use core::marker::PhantomData;
@@ -92,7 +95,8 @@ impl TakeBarrier {
     /// Only for the bio filter, which runs with preemption disabled: while
     /// no switch is announced, that alone keeps switches out (they wait
     /// for an RCU grace period after announcing), and no lock is taken.
-    pub(crate) fn read() -> TakeReadGuard {
+    /// Must be dropped before `_preempt_off`.
+    pub(crate) fn read(_preempt_off: &PreemptOff) -> TakeReadGuard {
         let mut flags = 0;
         // SAFETY: the lock is a static `rwlock_t` in the C shim, always
         // initialised; if taken, the guard releases it.
@@ -152,26 +156,25 @@ impl Drop for TakeWriteGuard<'_> {
     }
 }
 
-/// An RCU read-side critical section; ends on drop. Must not sleep.
-pub(crate) struct RcuReadGuard {
+/// Proof that the code holding it runs with preemption disabled, for as
+/// long as it is held: nothing may sleep, and it is an RCU read-side
+/// critical section (an RCU grace period waits for it to end).
+pub(crate) struct PreemptOff {
     _not_send: PhantomData<*mut ()>,
 }
 
-impl RcuReadGuard {
-    /// Enters a read-side critical section.
-    pub(crate) fn new() -> Self {
-        // SAFETY: always allowed; the guard ends the section.
-        unsafe { bindings::blksnap_rcu_read_lock() };
-        RcuReadGuard {
+impl PreemptOff {
+    /// The proof, from a caller that knows.
+    ///
+    /// # Safety
+    ///
+    /// Preemption stays disabled until the value is dropped.
+    pub(crate) unsafe fn assume() -> Self {
+        // SAFETY: a debug kernel checks the caller's promise.
+        unsafe { bindings::blksnap_assert_preemption_disabled() };
+        PreemptOff {
             _not_send: PhantomData,
         }
-    }
-}
-
-impl Drop for RcuReadGuard {
-    fn drop(&mut self) {
-        // SAFETY: entered by `RcuReadGuard::new` in this context.
-        unsafe { bindings::blksnap_rcu_read_unlock() };
     }
 }
 
