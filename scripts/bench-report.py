@@ -9,7 +9,10 @@ throughput ratio); the tables show the median over the repetitions and the
 range (min-max). The baseline is the same device with no tracker and no
 snapshot.
 
-  scripts/bench-report.py --results DIR --out FILE.md
+  scripts/bench-report.py --results DIR [--results DIR]... --out FILE.md
+
+Each DIR holds the results of one VM run (the ramdisk and the virtio disk
+may come from different runs, each with its own clock).
 """
 import argparse
 import glob
@@ -34,9 +37,8 @@ COW = [("blksnap-other", "blksnap, storage on another device"),
        ("dmP-same", "dm-snapshot persistent, same device")]
 
 
-def load_fio(d):
-    """{(kind, dev, wl): {rep: iops}}"""
-    res = {}
+def load_fio(d, res):
+    """Adds {(kind, dev, wl): {rep: iops}} from the results in d to res."""
     for path in glob.glob(os.path.join(d, "fio", "*.json")):
         try:
             with open(path) as f:
@@ -54,19 +56,22 @@ def load_fio(d):
             op = job["read"] if job["read"]["total_ios"] > 0 else job["write"]
             if op["iops"] > 0:
                 res.setdefault((kind, dev, wl), {})[int(rep)] = op["iops"]
-    # The baseline is measured before and after the variants of a
-    # repetition; their mean cancels a drift of the VM over the repetition.
+
+
+def merge_baselines(res, drift):
+    """The baseline is measured before and after the variants of a
+    repetition; their mean cancels a drift of the VM over the repetition.
+    Adds to drift {(dev, wl): [after / before]}: how far it moved."""
     for (kind, dev, wl), after in list(res.items()):
         if kind == "base2":
             before = res.get(("base", dev, wl), {})
             for r in before:
-                if r in after:
+                if r in after and before[r] > 0:
+                    drift.setdefault((dev, wl), []).append(after[r] / before[r])
                     before[r] = (before[r] + after[r]) / 2
-    return res
 
 
-def load_records(d):
-    recs = []
+def load_records(d, recs):
     try:
         with open(os.path.join(d, "results.txt")) as f:
             for line in f:
@@ -84,7 +89,6 @@ def load_records(d):
                 recs.append(rec)
     except OSError:
         pass
-    return recs
 
 
 class Report:
@@ -113,7 +117,7 @@ class Report:
             self.targets.append((text, None, "no data"))
             return
         m = statistics.median(vals)
-        self.targets.append((text, ok_fn(m), f"median {m:.2f}"))
+        self.targets.append((text, ok_fn(m), f"median {m:.3f}"))
 
     def add_plot(self, label, vals):
         if vals:
@@ -137,12 +141,16 @@ class Report:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--results", required=True)
+    ap.add_argument("--results", required=True, action="append")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    fio = load_fio(a.results)
-    recs = load_records(a.results)
-    params = next((r for r in recs if r["type"] == "params"), {})
+    fio, drift, recs = {}, {}, []
+    for d in a.results:
+        load_fio(d, fio)
+        load_records(d, recs)
+    merge_baselines(fio, drift)
+    runs = [r for r in recs if r["type"] == "params"]
+    params = runs[0] if runs else {}
     rp = Report(fio)
     md = []
     w = md.append
@@ -158,6 +166,26 @@ def main():
       "with no tracker and no snapshot, measured before and after the variants of each "
       "repetition (the mean of the two).")
     w("")
+    clocks = {"icount": "instruction-counted: QEMU `-icount`, the guest clock advances a fixed "
+                        "time per instruction executed and both vCPUs take turns, so a ratio is "
+                        "one of CPU work per I/O, repeatable whatever the host does",
+              "wall": "wall clock: multi-threaded TCG, both vCPUs in parallel, subject to the "
+                      "host's speed from one second to the next"}
+    for r in runs:
+        devs = r.get("devices", "brd,virtio").replace(",", ", ")
+        w(f"- {devs}: {clocks.get(r.get('clock', 'wall'), r.get('clock'))}.")
+    w("")
+    if drift:
+        w("How far the baseline itself moved within a repetition (the baseline after the "
+          "variants / before them; 1.00 is no drift), a measure of the noise:")
+        w("")
+        w("| device | " + " | ".join(n for _, n in WRITES) + " | " + " | ".join(n for _, n, _ in READS) + " |")
+        w("|---|" + "---|" * (len(WRITES) + len(READS)))
+        for dev, dname in DEVICES:
+            cells = [Report.cell(drift.get((dev, wl), [])) for wl, _ in WRITES]
+            cells += [Report.cell(drift.get((dev, wl), [])) for wl, _, _ in READS]
+            w(f"| {dname} | " + " | ".join(cells) + " |")
+        w("")
 
     w("## 1, 2: tracking only, and a snapshot held with every chunk copied")
     w("")

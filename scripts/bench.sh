@@ -3,22 +3,27 @@
 # protect, measured with fio in the test VM, side by side with dm-snapshot.
 #
 #   scripts/bench.sh [--quick] [--out FILE] [--reps N] [--runtime SECONDS] [--region MIB]
+#                    [--brd-clock icount|wall]
 #
 # On the host: installs missing packages, builds or reuses the release test
 # kernel, builds blksnap.ko and the blksnap CLI, creates two file-backed
-# virtio disks and boots the kernel under QEMU with them. In the VM (this
-# script with --guest) fio runs every scenario against a ramdisk (brd: the CPU
-# cost of the code path) and the virtio disk (I/O bound), alternating the
-# baseline and the measured variant inside each repetition. Back on the host,
-# scripts/bench-report.py turns the fio JSON into ratios (median, min-max over
-# the repetitions) and writes FILE (Markdown table, default
-# target/bench/report.md) and a plot next to it (FILE with .png).
+# virtio disks and boots the kernel under QEMU. In the VM (this script with
+# --guest) fio runs every scenario against a ramdisk (brd: the CPU cost of
+# the code path) and the virtio disk (I/O bound), alternating the baseline
+# and the measured variant inside each repetition. The ramdisk runs in a VM
+# of its own whose clock counts instructions (vm.sh --icount), the virtio
+# disk, the take stall and the memory figures in a VM on the wall clock.
+# Back on the host, scripts/bench-report.py turns the fio JSON into ratios
+# (median, min-max over the repetitions) and writes FILE (Markdown table,
+# default target/bench/report.md) and a plot next to it (FILE with .png).
 #
 #   --quick            short runs and small devices, for development
 #   --reps N           repetitions (default 5, quick 2)
 #   --runtime SECONDS  length of each timed fio run (default 5, quick 2)
 #   --region MIB       the part of each device the jobs cover (default 128, quick 32)
 #   --out FILE         the report (the raw results go to target/bench/work)
+#   --brd-clock wall   run the ramdisk in the wall-clock VM too (the noisy way
+#                      of earlier reports, for comparison)
 #
 # BENCH_ONLY="held cow stall mem" runs only the named scenario groups (held:
 # 1, 2 and 4; cow: 3; stall: 5; mem: 6), for development.
@@ -41,6 +46,8 @@ setup_params() {
 	RUNTIME=${BENCH_RUNTIME:-2}
 	R=${BENCH_REGION_MIB:-32}        # the region every write/read job covers
 	MEM_CHUNKS=${BENCH_MEM_CHUNKS:-20000} # a multiple of 16
+	DEVICES=${BENCH_DEVICES:-brd virtio} # the devices scenarios 1-4 run on
+	CLOCK=${BENCH_CLOCK:-wall}           # how this VM keeps time (the report says)
 	RES=$BLKSNAP_VM_OUT/results
 	CLI=${BENCH_CLI:-$BLKSNAP_ROOT/target/release/blksnap}
 	KO=$BLKSNAP_ROOT/blksnap.ko
@@ -49,8 +56,10 @@ setup_params() {
 }
 
 # Whether scenario group $1 (held, cow, stall, mem) runs: all of them, or
-# those in $BENCH_ONLY (for development).
+# those in $BENCH_ONLY.
 want() { [ -z "${BENCH_ONLY:-}" ] || [[ " $BENCH_ONLY " == *" $1 "* ]]; }
+# Whether scenarios 1-4 run on device $1 (brd, virtio) in this VM.
+want_dev() { [[ " $DEVICES " == *" $1 "* ]]; }
 
 # A key=value record for the report.
 record() { echo "$*" >>"$RES/results.txt"; }
@@ -99,6 +108,11 @@ fio_jobs() {
 		*) args+=(--size="${R}M" --time_based --runtime="$RUNTIME" --randrepeat=0 --norandommap) ;;
 		esac
 	done
+	# The last job of a fio run comes out about 2% slower than the same job
+	# in the middle (fio's wind-down runs beside it; with an instruction-
+	# counted clock that shows): a short read after it keeps every measured
+	# job in the middle. The report ignores it.
+	args+=(--name=pad --filename="$dev" --stonewall --rw=read --bs=4k --size=64k)
 	fio "${FIO_COMMON[@]}" "${args[@]}" --output="$RES/fio/$kind.$d.$rep.$(IFS=-; echo "$*").json" >/dev/null ||
 		{ note "fio failed: $kind $d $rep $*"; return 1; }
 	rm -f /tmp/bench-*.iolog
@@ -304,10 +318,12 @@ bench_mem() {
 guest() {
 	local rep same vsame
 	setup_params
-	note "Linux $(uname -r), $(nproc) CPUs; reps=$REPS runtime=${RUNTIME}s region=${R}MiB"
-	record "params reps=$REPS runtime=$RUNTIME region_mib=$R chunk=$CHUNK kernel=$(uname -r)"
+	note "Linux $(uname -r), $(nproc) CPUs; reps=$REPS runtime=${RUNTIME}s region=${R}MiB devices=$DEVICES clock=$CLOCK"
+	record "params reps=$REPS runtime=$RUNTIME region_mib=$R chunk=$CHUNK kernel=$(uname -r) clock=$CLOCK devices=${DEVICES// /,}"
 	[ -x "$CLI" ] || die "the CLI is not built ($CLI)"
-	{ [ -b /dev/vda ] && [ -b /dev/vdb ]; } || die "the virtio disks are missing"
+	if want_dev virtio || want mem; then
+		{ [ -b /dev/vda ] && [ -b /dev/vdb ]; } || die "the virtio disks are missing"
+	fi
 	# brd devices of 3 regions: the region, then room for storage on the same device.
 	modprobe brd rd_nr=5 rd_size=$((3 * R * 1024)) max_part=0 || return 1
 	for _ in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/ram4 ] && break; sleep 0.2; done
@@ -317,20 +333,25 @@ guest() {
 	dd if=/dev/zero of=/dev/ram1 bs=1M count=$((3 * R)) oflag=direct status=none
 	for n in 2 3 4; do dd if=/dev/zero of=/dev/ram$n bs=1M count=16 oflag=direct status=none; done
 	insmod "$KO" chunk_minimum_shift=18 || return 1
-	same=$(dm_create bench-same-brd "0 $((2 * R * 2048)) linear /dev/ram0 $((R * 2048))") || return 1
-	vsame=$(dm_create bench-same-vd "0 $((2 * R * 2048)) linear /dev/vda $((R * 2048))") || return 1
+	if want_dev brd; then
+		same=$(dm_create bench-same-brd "0 $((2 * R * 2048)) linear /dev/ram0 $((R * 2048))") || return 1
+	fi
+	if want_dev virtio; then
+		vsame=$(dm_create bench-same-vd "0 $((2 * R * 2048)) linear /dev/vda $((R * 2048))") || return 1
+	fi
 	for ((rep = 0; rep < REPS; rep++)); do
 		if want held; then
-			bench_held brd /dev/ram0 /dev/ram1 $rep || return 1
-			bench_held virtio /dev/vda /dev/vdb $rep || return 1
+			if want_dev brd; then bench_held brd /dev/ram0 /dev/ram1 $rep || return 1; fi
+			if want_dev virtio; then bench_held virtio /dev/vda /dev/vdb $rep || return 1; fi
 		fi
 		if want cow; then
-			bench_cow brd /dev/ram0 /dev/ram1 "$same" $rep || return 1
-			bench_cow virtio /dev/vda /dev/vdb "$vsame" $rep || return 1
+			if want_dev brd; then bench_cow brd /dev/ram0 /dev/ram1 "$same" $rep || return 1; fi
+			if want_dev virtio; then bench_cow virtio /dev/vda /dev/vdb "$vsame" $rep || return 1; fi
 		fi
 		if want stall; then bench_stall $rep || return 1; fi
 	done
-	dmsetup remove --noudevsync bench-same-brd bench-same-vd
+	if want_dev brd; then dmsetup remove --noudevsync bench-same-brd; fi
+	if want_dev virtio; then dmsetup remove --noudevsync bench-same-vd; fi
 	rmmod blksnap || return 1
 	if want mem; then bench_mem || return 1; fi
 	rmmod brd
@@ -345,7 +366,7 @@ fi
 
 # ----------------------------------------------------------------- host side
 
-quick=0 out='' reps='' runtime='' region=''
+quick=0 out='' reps='' runtime='' region='' brd_clock=icount
 while (($#)); do
 	case $1 in
 	--quick) quick=1 ;;
@@ -354,8 +375,9 @@ while (($#)); do
 	--reps) (($# >= 2)) || die "--reps wants a number"; reps=$2; shift ;;
 	--runtime) (($# >= 2)) || die "--runtime wants seconds"; runtime=$2; shift ;;
 	--region) (($# >= 2)) || die "--region wants MiB"; region=$2; shift ;;
+	--brd-clock) (($# >= 2)) || die "--brd-clock wants icount or wall"; brd_clock=$2; shift ;;
 	-h | --help) sed -n '2,/^# shellcheck/{/^# shellcheck/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
-	*) die "usage: scripts/bench.sh [--quick] [--out FILE] [--reps N] [--runtime SECONDS] [--region MIB]" ;;
+	*) die "usage: scripts/bench.sh [--quick] [--out FILE] [--reps N] [--runtime SECONDS] [--region MIB] [--brd-clock icount|wall]" ;;
 	esac
 	shift
 done
@@ -368,6 +390,7 @@ else
 fi
 [[ $reps =~ ^[1-9][0-9]*$ && $runtime =~ ^[1-9][0-9]*$ && $region =~ ^[1-9][0-9]*$ ]] ||
 	die "--reps, --runtime and --region want positive numbers"
+case $brd_clock in icount | wall) ;; *) die "--brd-clock wants icount or wall" ;; esac
 : "${out:=$BLKSNAP_ROOT/target/bench/report.md}"
 mkdir -p "$(dirname "$out")"
 out=$(cd "$(dirname "$out")" && pwd)/$(basename "$out")
@@ -396,19 +419,43 @@ store_mib=$((2 * region))
 dd if=/dev/zero of="$work/disk.img" bs=1M count=$((3 * region)) status=none
 dd if=/dev/zero of="$work/store.img" bs=1M count="$store_mib" status=none
 
-log "running the benchmark in the VM (reps=$reps, runtime=${runtime}s, region=${region} MiB)"
-rc=0
+groups=${BENCH_ONLY:-held cow stall mem}
+common_env=(-e BENCH_REPS="$reps" -e BENCH_RUNTIME="$runtime" -e BENCH_REGION_MIB="$region"
+	-e BENCH_MEM_CHUNKS="$mem_chunks")
+rc=0 results=()
+# The ramdisk measures the CPU cost of the code paths. Timed by the wall
+# clock, TCG on this host swings by tens of percent from one second to the
+# next (an A/A comparison of two idle ramdisks came out 0.68-1.11), which
+# buries differences of a few percent. Counted in instructions (vm.sh
+# --icount), the same comparison comes out 1.00 (0.996-1.000), so the
+# ramdisk runs in a VM of its own that counts instructions; both vCPUs take
+# turns, and the figures are ratios of CPU work per I/O.
+brd_groups=
+for g in held cow; do
+	if [[ " $groups " == *" $g "* ]]; then brd_groups+=" $g"; fi
+done
+if [ "$brd_clock" = icount ] && [ -n "$brd_groups" ]; then
+	log "ramdisk, instruction-counted VM (reps=$reps, runtime=${runtime}s, region=${region} MiB)"
+	"$BLKSNAP_ROOT/scripts/vm.sh" --timeout "$timeout" --out "$work/vm-brd" --icount 2 \
+		"${common_env[@]}" -e BENCH_DEVICES=brd -e BENCH_CLOCK=icount -e BENCH_ONLY="$brd_groups" \
+		-- scripts/bench.sh --guest || rc=$?
+	results+=(--results "$work/vm-brd/results")
+	devices=virtio
+else
+	devices="brd virtio"
+fi
+log "$devices, wall-clock VM (reps=$reps, runtime=${runtime}s, region=${region} MiB)"
 # Both virtual CPUs run in parallel (--tcg multi): QD32 and the copy-on-write
 # workers need the second host core. The module loads and unloads only while
 # no I/O runs, which keeps clear of QEMU's stale-int3 fault (scripts/vm.sh).
 "$BLKSNAP_ROOT/scripts/vm.sh" --timeout "$timeout" --out "$work/vm" --tcg multi \
 	--disk "$work/disk.img" --disk "$work/store.img" \
-	-e BENCH_REPS="$reps" -e BENCH_RUNTIME="$runtime" -e BENCH_REGION_MIB="$region" \
-	-e BENCH_MEM_CHUNKS="$mem_chunks" -e BENCH_ONLY="${BENCH_ONLY:-}" \
+	"${common_env[@]}" -e BENCH_DEVICES="$devices" -e BENCH_CLOCK=wall -e BENCH_ONLY="$groups" \
 	-- scripts/bench.sh --guest || rc=$?
+results+=(--results "$work/vm/results")
 rm -f "$work/disk.img" "$work/store.img"
 
 # A failed run still reports what it measured.
-python3 "$BLKSNAP_ROOT/scripts/bench-report.py" --results "$work/vm/results" --out "$out"
+python3 "$BLKSNAP_ROOT/scripts/bench-report.py" "${results[@]}" --out "$out"
 log "report: $out"
 ((rc == 0)) || die "the benchmark failed in the VM (exit status $rc); the report is partial"

@@ -2,7 +2,8 @@
 # Boots the test kernel under QEMU (TCG) and runs one command in it.
 #
 #   scripts/vm.sh [--debug] [--timeout SECONDS] [--out DIR] [--disk FILE]...
-#                 [-e NAME=VALUE]... [--] COMMAND...
+#                 [--tcg single|multi] [--icount SHIFT] [-e NAME=VALUE]...
+#                 [--] COMMAND...
 #
 # The guest's root file system is the host's own root, shared read-only over
 # virtio-9p, so the command sees this checkout, the kernel tree and the host's
@@ -31,6 +32,13 @@
 #                      tracer toggled during direct writes does it within
 #                      seconds, with no module loaded. "single" never has.
 #                      Benchmarks use "multi" for parallel throughput.
+#   --icount SHIFT     count instructions (QEMU -icount shift=SHIFT,sleep=off):
+#                      the guest's clock advances 2^SHIFT ns per instruction
+#                      executed, and jumps ahead while every vCPU is idle, so
+#                      guest timings measure the CPU work done, the same from
+#                      run to run whatever the host is doing. The vCPUs then
+#                      take turns on one host thread (implies --tcg single).
+#                      For benchmarks of CPU-bound paths.
 #   -e NAME=VALUE      pass an environment variable to the command
 #
 # Environment: KDIR (kernel build tree; default: the output of scripts/kernel.sh),
@@ -81,6 +89,7 @@ usage() {
 
 timeout=${BLKSNAP_VM_TIMEOUT:-1200}
 tcg_thread=${BLKSNAP_VM_TCG:-single}
+icount=
 keep_out=
 extra_env=()
 disks=()
@@ -96,6 +105,8 @@ while (($#)); do
 	-e) (($# >= 2)) || usage; extra_env+=("$2"); shift ;;
 	--tcg) (($# >= 2)) || usage; tcg_thread=$2; shift ;;
 	--tcg=*) tcg_thread=${1#*=} ;;
+	--icount) (($# >= 2)) || usage; icount=$2; shift ;;
+	--icount=*) icount=${1#*=} ;;
 	-h | --help) usage ;;
 	--) shift; break ;;
 	-*) echo "vm.sh: unknown option $1" >&2; usage ;;
@@ -111,6 +122,10 @@ case $tcg_thread in
 single | multi) ;;
 *) die "--tcg wants single or multi, got '$tcg_thread'" ;;
 esac
+if [ -n "$icount" ]; then
+	[[ $icount =~ ^[0-9]$ ]] || die "--icount wants a shift from 0 to 9, got '$icount'"
+	tcg_thread=single
+fi
 for e in "${extra_env[@]}"; do
 	[[ $e =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "-e wants NAME=VALUE, got '$e'"
 done
@@ -214,6 +229,8 @@ qemu=(
 	-serial "file:$console"
 	-chardev stdio,id=cmdout,signal=off -serial chardev:cmdout
 )
+
+[ -n "$icount" ] && qemu+=(-icount "shift=$icount,sleep=off")
 
 for d in "${disks[@]}"; do
 	[ -f "$d" ] || die "--disk: no such file: $d"
