@@ -745,7 +745,11 @@ class Run:
         weights = [sum(c for _, c in t.regions) for t in self.targets]
         sweeps = self.sweep_plan(wid) if a.sweep else None
         done = 0
-        while done < a.writes and time.monotonic() < deadline and not self.stop.is_set():
+        # At least one write each, however late the thread gets the CPU: on
+        # a loaded host (debug kernel, TAKE taking seconds) all of them
+        # once started after their deadline and the run wrote nothing.
+        while (done < a.writes and (done == 0 or time.monotonic() < deadline)
+               and not self.stop.is_set()):
             if sweeps:
                 nxt = None
                 for k in range(len(sweeps)):
