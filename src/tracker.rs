@@ -23,7 +23,7 @@ use crate::{
     params::Params,
     sys::{
         bdev::{self, BlockDevice},
-        dev_index::DevIndex,
+        dev_index::{DevIndex, Keyed},
         sync::{new_irq_spinlock, IrqSpinLock},
         vec::VecExt,
     },
@@ -36,7 +36,8 @@ use kernel::{alloc::VVec, prelude::*, sync::Arc};
 pub(crate) type Table = VVec<u8>;
 
 /// The trackers by device number, for the bio filter.
-// SAFETY: the only `DevIndex`; the registry empties it before unload.
+// SAFETY: the only `DevIndex`; the registry, the one caller of `insert` and
+// `remove` (serialized by `&mut Registry`), empties it before unload.
 pub(crate) static INDEX: DevIndex<Tracker> = unsafe { DevIndex::new() };
 
 /// What a tracker's lock protects.
@@ -53,6 +54,12 @@ pub(crate) struct Tracker {
     bdev: BlockDevice,
     #[pin]
     cbt: IrqSpinLock<TrackerState>,
+}
+
+impl Keyed for Tracker {
+    fn key(&self) -> u32 {
+        self.dev
+    }
 }
 
 /// Allocates two zeroed tables for `geometry`.
@@ -234,7 +241,7 @@ impl Registry {
         }
         let tracker = Tracker::new(dev, params)?;
         self.trackers.reserve(1, GFP_KERNEL)?;
-        INDEX.insert(dev, tracker.clone())?;
+        INDEX.insert(tracker.clone())?;
         // Cannot fail: reserved above.
         self.trackers.push(tracker.clone(), GFP_KERNEL)?;
         Ok(tracker)
