@@ -174,6 +174,12 @@ def main():
     for r in runs:
         devs = r.get("devices", "brd,virtio").replace(",", ", ")
         w(f"- {devs}: {clocks.get(r.get('clock', 'wall'), r.get('clock'))}.")
+    for r in runs:
+        disk = r.get("disk", "unthrottled").split(",")
+        if "virtio" in r.get("devices", "brd,virtio") and len(disk) == 3:
+            w(f"- virtio disk: two files in the host's {disk[2]}, each throttled by QEMU to "
+              f"{disk[0]} I/Os and {disk[1]} MiB per second, reads and writes together, like a "
+              "provisioned cloud volume: the device, not the CPU, is the limit.")
     w("")
     if drift:
         w("How far the baseline itself moved within a repetition (the baseline after the "
@@ -207,8 +213,9 @@ def main():
     w("Ratio to the same workload on the device without snapshot. 4 KiB writes go to a "
       "random place of every chunk of the region once, in random order; 1 MiB writes make "
       "one sequential pass. The physical limit adds, per chunk first touched, one chunk-sized "
-      "read of the device and one chunk-sized write to the storage device (each measured "
-      "alone with fio at the same queue depth).")
+      "read of the device and one chunk-sized write to the storage device, each measured "
+      "alone with fio as one pass over every chunk of the region in random order, at the "
+      "same queue depth.")
     w("")
     w("| device | workload | " + " | ".join(n for _, n in COW) + " | physical limit |")
     w("|---|---|" + "---|" * (len(COW) + 1))

@@ -23,6 +23,9 @@
 #                      (the guest sees it as $BLKSNAP_VM_OUT); default: a temporary dir
 #   --disk FILE        attach FILE (raw image) as a virtio disk; the guest sees
 #                      the disks as /dev/vda, /dev/vdb, ... in the order given
+#   --disk-limit IOPS,MIBPS  throttle each --disk to IOPS I/Os and MIBPS MiB per
+#                      second, reads and writes together (QEMU's throttling: a
+#                      device with a provisioned rate, like a cloud volume)
 #   --tcg single|multi how QEMU runs the two virtual CPUs (default
 #                      $BLKSNAP_VM_TCG or single): "single" interleaves them
 #                      on one host thread, "multi" gives each its own. With
@@ -92,7 +95,7 @@ tcg_thread=${BLKSNAP_VM_TCG:-single}
 icount=
 keep_out=
 extra_env=()
-disks=()
+disks=() disk_opts=
 while (($#)); do
 	case $1 in
 	--debug) BLKSNAP_DEBUG=1; export BLKSNAP_DEBUG ;;
@@ -102,6 +105,10 @@ while (($#)); do
 	--out=*) keep_out=${1#*=} ;;
 	--disk) (($# >= 2)) || usage; disks+=("$2"); shift ;;
 	--disk=*) disks+=("${1#*=}") ;;
+	--disk-limit) (($# >= 2)) || usage
+		[[ $2 =~ ^([1-9][0-9]*),([1-9][0-9]*)$ ]] || die "--disk-limit wants IOPS,MIBPS, got '$2'"
+		disk_opts=",throttling.iops-total=${BASH_REMATCH[1]},throttling.bps-total=$((BASH_REMATCH[2] << 20))"
+		shift ;;
 	-e) (($# >= 2)) || usage; extra_env+=("$2"); shift ;;
 	--tcg) (($# >= 2)) || usage; tcg_thread=$2; shift ;;
 	--tcg=*) tcg_thread=${1#*=} ;;
@@ -237,7 +244,7 @@ for d in "${disks[@]}"; do
 	case $d in *,*) die "--disk: the path must not contain a comma: $d" ;; esac
 	# The host's page cache stays out of the way (cache=none), so the disk is
 	# as slow as the file under it.
-	qemu+=(-drive "file=$d,format=raw,if=virtio,cache=none,aio=threads")
+	qemu+=(-drive "file=$d,format=raw,if=virtio,cache=none,aio=threads$disk_opts")
 done
 
 log "vm: booting $(basename "$KDIR") (timeout ${timeout}s), console log: $console"
