@@ -5,7 +5,9 @@
 #   scripts/vm.sh -- tests/run-vm.sh [NAME...]
 #
 # NAME is a script's file name with or without ".sh" (e.g. 01-module) or a
-# path. Each script gets BLKSNAP_TEST_TIMEOUT seconds (default 900).
+# path. Each script gets BLKSNAP_TEST_TIMEOUT seconds (default 900, and 3600
+# on the debug kernel, where KASAN, lockdep and kmemleak make it several
+# times slower).
 #
 # Counts the individual test cases. A script that exits non-zero without
 # failing a case, reports fewer cases than planned, times out, or leaves the
@@ -55,6 +57,11 @@ rm -f "/tmp/reap.$$"
 [ -z "$named" ] || echo "# left processes running: $named"
 exit $rc'
 
+# scripts/vm.sh boots the debug kernel with kasan.fault=report.
+limit=900
+grep -q 'kasan\.fault=' /proc/cmdline && limit=3600
+limit=${BLKSNAP_TEST_TIMEOUT:-$limit}
+
 pass=0 fail=0 skip=0
 echo "KTAP version 1"
 echo "1..${#scripts[@]}"
@@ -65,7 +72,7 @@ for script in "${scripts[@]}"; do
 	log=$(mktemp)
 	echo "run-vm: start $name" >/dev/kmsg
 	start=$SECONDS
-	timeout --kill-after=10 "${BLKSNAP_TEST_TIMEOUT:-900}" bash -c "$reap" reap "$script" </dev/null 2>&1 |
+	timeout --kill-after=10 "$limit" bash -c "$reap" reap "$script" </dev/null 2>&1 |
 		tee "$log" | sed -u 's/^/    /'
 	rc=${PIPESTATUS[0]}
 	echo "run-vm: end $name (exit $rc)" >/dev/kmsg
