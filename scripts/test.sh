@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
-# The project's test command: builds everything and runs every test.
+# The project's test command: builds everything and runs every test, on each
+# supported kernel line.
 #
-#   scripts/test.sh [--debug] [--timeout SECONDS] [VM-TEST...]
+#   scripts/test.sh [--debug] [--line 6.12|7.3|all] [--timeout SECONDS] [VM-TEST...]
 #
 # Steps, each a KTAP test case: install missing packages (scripts/deps.sh),
-# build or reuse the test kernel (scripts/kernel.sh; KDIR=... uses your own),
-# build blksnap.ko, build the user space (cargo build --release --workspace),
-# check the rustfmt formatting of both, run the host unit tests (cargo test
-# --workspace, nested), and boot the test kernel under QEMU to run
-# tests/run-vm.sh (nested; VM-TEST names select scripts from tests/vm/). A
-# failed step does not stop the later ones.
+# build or reuse the 6.12 test kernel (scripts/kernel.sh; KDIR=... uses your
+# own), build blksnap.ko, build the user space (cargo build --release
+# --workspace), check the rustfmt formatting of both, run the host unit tests
+# (cargo test --workspace, nested), and boot the test kernel under QEMU to run
+# tests/run-vm.sh (nested; VM-TEST names select scripts from tests/vm/).
+# Then the same for Debian's own 7.3 kernel binary: its build environment
+# (scripts/debian-kernel.sh, made in the background while the 6.12 kernel
+# builds), blksnap.ko built against it, and the VM tests in $DEBIAN_TESTS
+# (or the VM-TEST names) booted on Debian's vmlinuz. A failed step does not
+# stop the later ones.
 #
-#   --debug            use the debug kernel (KASAN, lockdep, kmemleak); same as BLKSNAP_DEBUG=1
-#   --timeout SECONDS  limit for the VM run (default $BLKSNAP_VM_TIMEOUT, else 3600, 14400 with --debug)
+#   --debug            use the debug kernel (KASAN, lockdep, kmemleak); same as
+#                      BLKSNAP_DEBUG=1; a 6.12 build, so only that line runs
+#   --line LINE        only this kernel line (default $BLKSNAP_LINES, else all)
+#   --timeout SECONDS  limit for each VM run (default $BLKSNAP_VM_TIMEOUT, else 3600, 14400 with --debug)
 #
 # Output is KTAP; the last line is "N passed, N failed, N skipped" over the
 # individual cases (build steps, host tests, VM tests; a VM crash, timeout or
@@ -24,9 +31,12 @@ set +e
 shopt -s lastpipe
 
 timeout=
+lines=${BLKSNAP_LINES:-all}
 while (($#)); do
 	case $1 in
 	--debug) BLKSNAP_DEBUG=1; export BLKSNAP_DEBUG ;;
+	--line) lines=${2:?--line wants 6.12, 7.3 or all}; shift ;;
+	--line=*) lines=${1#*=} ;;
 	--timeout) timeout=${2:?--timeout wants seconds}; shift ;;
 	--timeout=*) timeout=${1#*=} ;;
 	-h | --help) sed -n '2,/^# shellcheck/{/^# shellcheck/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
@@ -36,6 +46,19 @@ while (($#)); do
 	esac
 	shift
 done
+case $lines in
+all) lines="6.12 7.3" ;;
+6.12 | 7.3) ;;
+*) echo "test.sh: --line wants 6.12, 7.3 or all, got '$lines'" >&2; exit 2 ;;
+esac
+[ "$BLKSNAP_DEBUG" = 1 ] && lines=6.12
+want_line() { [[ " $lines " == *" $1 "* ]]; }
+# The VM tests on Debian's kernel: module load and every ioctl, the UAPI
+# call patterns, CBT, copy-on-write with images, the CLI and backup, and a
+# short fuzz run. (The whole suite runs on 6.12.)
+DEBIAN_TESTS=(01-module 02-ioctl 03-uapi 10-cbt 20-cow 23-multi 30-cli 31-backup 40-fuzz)
+: "${BLKSNAP_DEBIAN_FUZZ_CALLS:=5000}"
+
 # The debug kernel runs the scripts several times slower.
 if [ "$BLKSNAP_DEBUG" = 1 ]; then
 	: "${BLKSNAP_TEST_TIMEOUT:=3600}"
@@ -79,39 +102,100 @@ step() {
 	return "$rc"
 }
 
+# Steps: deps, user space, format, host tests; then per kernel line the
+# kernel, the module and the VM tests.
+planned=4
+want_line 6.12 && planned=$((planned + 3))
+want_line 7.3 && planned=$((planned + 3))
 echo "KTAP version 1"
-echo "1..7"
+echo "1..$planned"
 
 # 1: packages and bindgen.
 step deps deps "$BLKSNAP_ROOT/scripts/deps.sh"
 
-# 2: the test kernel.
-kernel_ok=0
-if [ -n "${KDIR:-}" ]; then
-	diag "kernel: using KDIR=$KDIR"
-	[ -f "$KDIR/arch/x86/boot/bzImage" ] && kernel_ok=1
-	report $((1 - kernel_ok)) kernel
-else
-	[ "$BLKSNAP_DEBUG" = 1 ] && variant=debug || variant=release
-	diag "kernel: building or reusing the $variant test kernel (a first build takes 15-20 minutes)"
-	get_kernel() { KDIR=$("$BLKSNAP_ROOT/scripts/kernel.sh"); }
-	step kernel kernel get_kernel && kernel_ok=1
-	[ "$kernel_ok" = 1 ] && diag "kernel: $KDIR"
+# Debian's kernel: its build environment is made in the background (mostly
+# downloads, then about 5 minutes of compiling) while the 6.12 kernel builds.
+debian_pid=
+if want_line 7.3; then
+	debian_t0=$SECONDS
+	"$BLKSNAP_ROOT/scripts/debian-kernel.sh" prepare >"$logs/kernel-7.3.log" 2>&1 &
+	debian_pid=$!
 fi
-export KDIR
 
-# 3: the module.
-if [ "$kernel_ok" = 1 ]; then
-	# One module build at a time in this checkout (test.sh, demo.sh).
-	if ! step module-build module-build flock "$BLKSNAP_ROOT/target/.module-build.lock" \
-		make -C "$BLKSNAP_ROOT" KDIR="$KDIR"; then
-		[ -f "$BLKSNAP_ROOT/blksnap.ko" ] &&
-			diag "module-build: the VM tests below use the blksnap.ko of an earlier build"
+# Runs tests/run-vm.sh in a VM booted on kernel directory $2 with module $3,
+# nesting its output, and reports it as case "$1". Further arguments name
+# the VM tests.
+vm_suite() {
+	local desc=$1 kdir=$2 ko=$3 vmerr=$logs/$1-host.log summary='' vp=0 vf=0 vs=0 vmrc line
+	shift 3
+	KDIR=$kdir BLKSNAP_KO=$ko "$BLKSNAP_ROOT/scripts/vm.sh" --timeout "$timeout" \
+		-- tests/run-vm.sh "$@" 2>"$vmerr" |
+		while IFS= read -r line; do
+			line=${line%$'\r'}
+			if [[ $line =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed,\ ([0-9]+)\ skipped$ ]]; then
+				summary=$line
+				echo "    # $line"
+				continue
+			fi
+			echo "    $line"
+			# The individual cases, in case the summary never comes.
+			if [[ $line =~ ^\ \ \ \ ok\ [0-9]+.*#\ *SKIP ]]; then
+				vs=$((vs + 1))
+			elif [[ $line =~ ^\ \ \ \ ok\ [0-9]+ ]]; then
+				vp=$((vp + 1))
+			elif [[ $line =~ ^\ \ \ \ not\ ok\ [0-9]+ ]]; then
+				vf=$((vf + 1))
+			fi
+		done
+	vmrc=${PIPESTATUS[0]}
+	diag "$desc: exit status $vmrc; host-side messages:"
+	diag "$(cat "$vmerr")"
+	if [ -n "$summary" ]; then
+		read -r vp _ vf _ vs _ <<<"${summary//,/}"
 	fi
-else
-	diag "module-build: no kernel to build against"
-	report 1 module-build
+	case $vmrc in
+	124 | 125 | 126)
+		diag "$desc: the VM run failed (timeout, kernel report or no exit status): one more failure"
+		vf=$((vf + 1))
+		;;
+	0) ;;
+	*) [ "$vf" != 0 ] || vf=1 ;;
+	esac
+	pass=$((pass + vp)) fail=$((fail + vf)) skip=$((skip + vs))
+	report "$vmrc" "$desc" 1
+}
+
+# 2: the 6.12 test kernel.
+kernel_ok=0
+t612=$SECONDS
+if want_line 6.12; then
+	if [ -n "${KDIR:-}" ]; then
+		diag "kernel-6.12: using KDIR=$KDIR"
+		[ -f "$KDIR/arch/x86/boot/bzImage" ] && kernel_ok=1
+		report $((1 - kernel_ok)) kernel-6.12
+	else
+		[ "$BLKSNAP_DEBUG" = 1 ] && variant=debug || variant=release
+		diag "kernel-6.12: building or reusing the $variant test kernel (a first build takes 15-20 minutes)"
+		get_kernel() { KDIR=$("$BLKSNAP_ROOT/scripts/kernel.sh"); }
+		step kernel-6.12 kernel-6.12 get_kernel && kernel_ok=1
+		[ "$kernel_ok" = 1 ] && diag "kernel-6.12: $KDIR"
+	fi
+	export KDIR
+
+	# 3: the module.
+	if [ "$kernel_ok" = 1 ]; then
+		# One module build at a time in this checkout (test.sh, demo.sh).
+		if ! step module-6.12 module-6.12 flock "$BLKSNAP_ROOT/target/.module-build.lock" \
+			make -C "$BLKSNAP_ROOT" KDIR="$KDIR"; then
+			[ -f "$BLKSNAP_ROOT/blksnap.ko" ] &&
+				diag "module-6.12: the VM tests below use the blksnap.ko of an earlier build"
+		fi
+	else
+		diag "module-6.12: no kernel to build against"
+		report 1 module-6.12
+	fi
 fi
+t612=$((SECONDS - t612))
 
 # 4: user space.
 if [ -f "$BLKSNAP_ROOT/Cargo.toml" ]; then
@@ -173,48 +257,49 @@ else
 	report 1 host-tests
 fi
 
-# 7: the VM tests, nested.
-if [ "$kernel_ok" = 1 ]; then
-	vmerr=$logs/vm-host.log
-	vm_args=(--timeout "$timeout")
-	summary='' vp=0 vf=0 vs=0
-	"$BLKSNAP_ROOT/scripts/vm.sh" "${vm_args[@]}" -- tests/run-vm.sh "$@" 2>"$vmerr" |
-		while IFS= read -r line; do
-			line=${line%$'\r'}
-			if [[ $line =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed,\ ([0-9]+)\ skipped$ ]]; then
-				summary=$line
-				echo "    # $line"
-				continue
-			fi
-			echo "    $line"
-			# The individual cases, in case the summary never comes.
-			if [[ $line =~ ^\ \ \ \ ok\ [0-9]+.*#\ *SKIP ]]; then
-				vs=$((vs + 1))
-			elif [[ $line =~ ^\ \ \ \ ok\ [0-9]+ ]]; then
-				vp=$((vp + 1))
-			elif [[ $line =~ ^\ \ \ \ not\ ok\ [0-9]+ ]]; then
-				vf=$((vf + 1))
-			fi
-		done
-	vmrc=${PIPESTATUS[0]}
-	diag "vm: exit status $vmrc; host-side messages:"
-	diag "$(cat "$vmerr")"
-	if [ -n "$summary" ]; then
-		read -r vp _ vf _ vs _ <<<"${summary//,/}"
+# 7: the VM tests on 6.12.
+if want_line 6.12; then
+	t0=$SECONDS
+	if [ "$kernel_ok" = 1 ]; then
+		vm_suite vm-tests-6.12 "$KDIR" "$BLKSNAP_ROOT/blksnap.ko" "$@"
+	else
+		diag "vm-tests-6.12: no kernel to boot"
+		report 1 vm-tests-6.12
 	fi
-	case $vmrc in
-	124 | 125 | 126)
-		diag "vm: the VM run failed (timeout, kernel report or no exit status): one more failure"
-		vf=$((vf + 1))
-		;;
-	0) ;;
-	*) [ "$vf" != 0 ] || vf=1 ;;
-	esac
-	pass=$((pass + vp)) fail=$((fail + vf)) skip=$((skip + vs))
-	report "$vmrc" vm-tests 1
-else
-	diag "vm-tests: no kernel to boot"
-	report 1 vm-tests
+	t612=$((t612 + SECONDS - t0))
+	diag "line 6.12: ${t612}s (kernel, module and VM tests)"
+fi
+
+# 8-10: Debian's 7.3 kernel binary: its build environment, the module, the VM tests.
+if want_line 7.3; then
+	t0=$SECONDS
+	wait "$debian_pid"
+	rc=$?
+	diag "kernel-7.3: $((SECONDS - debian_t0))s since it started in the background, log: $logs/kernel-7.3.log"
+	if [ "$rc" != 0 ]; then
+		diag "kernel-7.3 failed with exit status $rc; last lines of the log:"
+		diag "$(tail -n 40 "$logs/kernel-7.3.log")"
+	fi
+	report "$rc" kernel-7.3
+	debian_dir=$(tail -n1 "$logs/kernel-7.3.log")
+	get_debian_module() { debian_ko=$("$BLKSNAP_ROOT/scripts/debian-kernel.sh" module); }
+	debian_ko=
+	if [ "$rc" = 0 ] && step module-7.3 module-7.3 get_debian_module; then
+		diag "module-7.3: $debian_ko ($(modinfo -F vermagic "$debian_ko"))"
+		debian_tests=("$@")
+		if ((${#debian_tests[@]} == 0)); then
+			for t in "${DEBIAN_TESTS[@]}"; do
+				[ -f "$BLKSNAP_ROOT/tests/vm/$t.sh" ] && debian_tests+=("$t")
+			done
+		fi
+		BLKSNAP_FUZZ_CALLS=${BLKSNAP_FUZZ_CALLS:-$BLKSNAP_DEBIAN_FUZZ_CALLS} \
+			vm_suite vm-tests-7.3 "$debian_dir" "$debian_ko" "${debian_tests[@]}"
+	else
+		[ "$rc" = 0 ] || report 1 module-7.3
+		diag "vm-tests-7.3: no module for Debian's kernel"
+		report 1 vm-tests-7.3
+	fi
+	diag "line 7.3: $((SECONDS - t0))s after the 6.12 line (module and VM tests, and waiting for its build environment)"
 fi
 
 echo "$pass passed, $fail failed, $skip skipped"

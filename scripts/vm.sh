@@ -44,7 +44,8 @@
 #                      For benchmarks of CPU-bound paths.
 #   -e NAME=VALUE      pass an environment variable to the command
 #
-# Environment: KDIR (kernel build tree; default: the output of scripts/kernel.sh),
+# Environment: KDIR (kernel build tree, or a directory laid out like one by
+# scripts/debian-kernel.sh; default: the output of scripts/kernel.sh),
 # BLKSNAP_DEBUG, BLKSNAP_VM_TIMEOUT, BLKSNAP_VM_IGNORE (extended regex: console
 # lines matching it are not treated as kernel reports). Variables named
 # BLKSNAP_*, CI, RUST_BACKTRACE and RUST_LOG are passed to the command.
@@ -238,6 +239,9 @@ qemu=(
 )
 
 [ -n "$icount" ] && qemu+=(-icount "shift=$icount,sleep=off")
+# A distribution kernel loads its 9p support from an initramfs
+# (scripts/debian-kernel.sh makes one); a kernel built here has it built in.
+[ -f "$KDIR/initrd.img" ] && qemu+=(-initrd "$KDIR/initrd.img")
 
 for d in "${disks[@]}"; do
 	[ -f "$d" ] || die "--disk: no such file: $d"

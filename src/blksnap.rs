@@ -34,7 +34,7 @@ mod sys;
 mod tracker;
 mod uapi;
 
-module! {
+sys::compat::kernel_module! {
     type: Blksnap,
     name: "blksnap",
     author: "blksnap-rs developers",
@@ -56,7 +56,7 @@ struct Blksnap {
 impl kernel::Module for Blksnap {
     fn init(module: &'static ThisModule) -> Result<Self> {
         if let Err(e) = sys::params::current().check() {
-            pr_err!("parameter {e}\n");
+            pr_err!("parameter {}\n", format_args!("{e}"));
             return Err(EINVAL);
         }
         let bio_set = sys::BioSet::new()?;

@@ -24,11 +24,13 @@
 //! reads the set of trackers and snapshots. WAIT_EVENT looks its snapshot up
 //! under it and waits without it.
 
+use crate::sys::compat::prelude::*;
+use crate::sys::compat::{user_slice, FromBytes};
 use crate::{
     cbt_map::copy_prefix,
     snapimage::Minors,
     snapshot::{Snapshot, TakeContext},
-    sys::{self, bdev, disk::ImageMajor, errno, miscdev::FileOps, vec::VecExt, CowQueue},
+    sys::{self, bdev, disk::ImageMajor, errno, miscdev::FileOps, CowQueue},
     tracker::{Registry, Tracker},
     uapi::*,
 };
@@ -36,10 +38,7 @@ use core::mem::{offset_of, size_of};
 use kernel::{
     alloc::KVVec,
     new_mutex,
-    prelude::*,
     sync::{Arc, Mutex},
-    types::FromBytes,
-    uaccess::UserSlice,
 };
 
 /// The version VERSION reports.
@@ -111,15 +110,13 @@ impl Control {
 
 /// The argument struct of a command, read from user space.
 fn read_arg<T: FromBytes>(arg: usize) -> Result<T> {
-    UserSlice::new(arg, size_of::<T>()).reader().read::<T>()
+    user_slice(arg, size_of::<T>()).reader().read::<T>()
 }
 
 /// Writes `bytes` at `offset` into the user's argument struct.
 fn write_at(arg: usize, offset: usize, bytes: &[u8]) -> Result {
     let addr = arg.checked_add(offset).ok_or(EFAULT)?;
-    UserSlice::new(addr, bytes.len())
-        .writer()
-        .write_slice(bytes)
+    user_slice(addr, bytes.len()).writer().write_slice(bytes)
 }
 
 /// Reads a user array of `count` elements of `T`, bounded by `max`.
@@ -129,7 +126,7 @@ fn read_array<T: FromBytes>(ptr: usize, count: u32, max: usize) -> Result<KVVec<
         return Err(EINVAL);
     }
     let len = count.checked_mul(size_of::<T>()).ok_or(EINVAL)?;
-    let mut reader = UserSlice::new(ptr, len).reader();
+    let mut reader = user_slice(ptr, len).reader();
     let mut out = KVVec::with_capacity(count, GFP_KERNEL)?;
     for _ in 0..count {
         out.push(reader.read::<T>()?, GFP_KERNEL)?;
@@ -183,7 +180,7 @@ fn cbt_info_bytes(info: &blk_snap_cbt_info) -> [u8; size_of::<blk_snap_cbt_info>
 
 impl Control {
     fn version(&self, arg: usize) -> Result<isize> {
-        UserSlice::new(arg, size_of::<blk_snap_version>())
+        user_slice(arg, size_of::<blk_snap_version>())
             .writer()
             .write(&VERSION)?;
         Ok(0)
@@ -218,7 +215,7 @@ impl Control {
             return Err(errno::enodata());
         }
         let len = needed * size_of::<blk_snap_cbt_info>();
-        let mut writer = UserSlice::new(a.cbt_info_array as usize, len).writer();
+        let mut writer = user_slice(a.cbt_info_array as usize, len).writer();
         for t in state.trackers.iter() {
             writer.write_slice(&cbt_info_bytes(&t.info()))?;
         }
@@ -237,7 +234,7 @@ impl Control {
             }
             tracker
         };
-        let mut writer = UserSlice::new(a.buff as usize, a.length as usize).writer();
+        let mut writer = user_slice(a.buff as usize, a.length as usize).writer();
         let mut buf = [0u8; CBT_READ_BATCH];
         let mut offset = a.offset as usize;
         let mut copied = 0usize;
@@ -386,8 +383,7 @@ impl Control {
                 Err(errno::enodata())
             };
         }
-        let mut writer =
-            UserSlice::new(a.ids as usize, needed * size_of::<blk_snap_uuid>()).writer();
+        let mut writer = user_slice(a.ids as usize, needed * size_of::<blk_snap_uuid>()).writer();
         for s in state.snapshots.iter() {
             writer.write_slice(s.id())?;
         }
@@ -419,7 +415,7 @@ impl Control {
             };
         }
         let len = images.len() * size_of::<blk_snap_image_info>();
-        let mut writer = UserSlice::new(a.image_info_array as usize, len).writer();
+        let mut writer = user_slice(a.image_info_array as usize, len).writer();
         for i in images.iter() {
             for v in [
                 i.orig_dev_id.mj,

@@ -38,6 +38,7 @@
 //! * Order: a chunk lock is never held while taking the storage mutex or
 //!   the devices lock.
 
+use crate::sys::compat::prelude::*;
 use crate::{
     chunk_bits::{self, ChunkBits},
     diff_storage::{self, DiffStorage, Extent, Slot},
@@ -46,7 +47,6 @@ use crate::{
         bdev::{self, BlockDevice},
         bio::{pages_io, Bio, PageIo, Redirect},
         sync::{new_irq_spinlock, IrqSpinLock},
-        vec::VecExt,
         CowQueue,
     },
     tracker::Tracker,
@@ -57,7 +57,6 @@ use kernel::{
     alloc::VVec,
     new_condvar, new_mutex,
     page::{Page, PAGE_SIZE},
-    prelude::*,
     rbtree::{RBTree, RBTreeNodeReservation},
     sync::{Arc, CondVar, Mutex},
 };
@@ -614,29 +613,28 @@ impl DiffArea {
         // The last chunk of the device may be short.
         let sectors = |c: u64| cs.min(self.capacity.saturating_sub(c * cs));
         if result.is_ok() {
-            let from = claimed.iter().zip(buffers.iter());
-            result = pages_io(
-                from.clone().map(|(&c, pages)| PageIo {
+            // By index over the chunks, not zipped iterators: the nested
+            // iterator types made symbol names too long for objtool.
+            let read = |i: usize| {
+                let c = *claimed.get(i)?;
+                Some(PageIo {
                     bdev: self.tracker.bdev(),
                     sector: c * cs,
                     sectors: sectors(c),
-                    pages,
-                }),
-                false,
-            )
-            .and_then(|()| {
-                pages_io(
-                    from.zip(slots.iter().zip(targets.iter())).map(
-                        |((&c, pages), (slot, bdev))| PageIo {
-                            bdev,
-                            sector: slot.sector,
-                            sectors: sectors(c),
-                            pages,
-                        },
-                    ),
-                    true,
-                )
-            });
+                    pages: buffers.get(i)?,
+                })
+            };
+            let write = |i: usize| {
+                Some(PageIo {
+                    bdev: targets.get(i)?,
+                    sector: slots.get(i)?.sector,
+                    sectors: sectors(*claimed.get(i)?),
+                    pages: buffers.get(i)?,
+                })
+            };
+            let n = claimed.len();
+            result = pages_io((0..n).map_while(read), false)
+                .and_then(|()| pages_io((0..n).map_while(write), true));
         }
         let mut spare = self.spare.lock();
         for pages in buffers {

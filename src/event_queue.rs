@@ -78,7 +78,7 @@ impl EventQueue {
     pub(crate) fn push(&self, code: u32, data: &[u8]) {
         let mut event = Event {
             code,
-            time_ns: kernel::time::Ktime::ktime_get().to_ns(),
+            time_ns: crate::sys::monotonic_ns(),
             data: [0; DATA_LEN],
         };
         copy_prefix(&mut event.data, data);

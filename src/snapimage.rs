@@ -26,7 +26,6 @@ use crate::{
     },
 };
 use kernel::{
-    fmt,
     prelude::*,
     str::CString,
     sync::{Arc, ArcBorrow},
@@ -87,7 +86,7 @@ impl ImageHandle {
     ) -> Result<Self> {
         let minor = minors.take()?;
         let result = (|| {
-            let name = CString::try_from_fmt(fmt!("blksnap-image{minor}"))?;
+            let name = CString::try_from_fmt(format_args!("blksnap-image{minor}"))?;
             let chunk_sectors = u32::try_from(area.chunk_sectors()).map_err(|_| EFBIG)?;
             let capacity = area.capacity();
             let image = Arc::new(Image { area }, GFP_KERNEL)?;

@@ -10,20 +10,20 @@
 //! switches every device's change tracking and starts copy-on-write, so all
 //! devices switch at one point in time with respect to every write.
 
+use crate::sys::compat::prelude::*;
 use crate::{
     diff_area::{DiffArea, Storage},
     diff_storage,
     event_queue::EventQueue,
     params::Params,
     snapimage::{ImageHandle, Minors},
-    sys::{bdev, disk::ImageMajor, errno, sync::TakeBarrier, vec::VecExt, CowQueue},
+    sys::{bdev, disk::ImageMajor, errno, sync::TakeBarrier, CowQueue},
     tracker::{random_uuid, Tracker},
     uapi,
 };
 use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::{
     new_mutex,
-    prelude::*,
     sync::{Arc, Mutex},
 };
 

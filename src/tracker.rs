@@ -17,6 +17,7 @@
 //!   copy-on-write at one point in time.
 //! * Order: registry mutex, then take barrier, then a tracker's map lock.
 
+use crate::sys::compat::prelude::*;
 use crate::{
     cbt_map::{CbtMap, Geometry, Switch},
     diff_area::DiffArea,
@@ -25,11 +26,10 @@ use crate::{
         bdev::{self, BlockDevice},
         dev_index::{DevIndex, Keyed},
         sync::{new_irq_spinlock, IrqSpinLock},
-        vec::VecExt,
     },
     uapi::{blk_snap_cbt_info, blk_snap_dev, blk_snap_uuid},
 };
-use kernel::{alloc::VVec, prelude::*, sync::Arc};
+use kernel::{alloc::VVec, sync::Arc};
 
 /// Storage of one CBT table: virtually contiguous, so large devices need no
 /// high-order allocation.

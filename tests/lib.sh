@@ -142,7 +142,9 @@ ktap_finish() {
 # ---- blksnap helpers ----
 
 # shellcheck disable=SC2034 # for the test scripts
-BLKSNAP_KO=$BLKSNAP_ROOT/blksnap.ko
+# The module under test: the build for the booted kernel (test.sh sets it for
+# a kernel line whose module is built elsewhere).
+BLKSNAP_KO=${BLKSNAP_KO:-$BLKSNAP_ROOT/blksnap.ko}
 # shellcheck disable=SC2034
 BLKSNAP_DEV=/dev/blksnap
 # shellcheck disable=SC2034

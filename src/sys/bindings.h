@@ -15,6 +15,7 @@
 #include <linux/miscdevice.h>
 #include <linux/moduleparam.h>
 #include <linux/rcupdate.h>
+#include <linux/timekeeping.h>
 #include <linux/uuid.h>
 #include <linux/xarray.h>
 #include <linux/errno.h>

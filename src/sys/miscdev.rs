@@ -116,7 +116,7 @@ unsafe extern "C" fn ioctl_callback<T: FileOps>(
     // `Inner<T>` that contains it, alive.
     let inner = unsafe {
         let misc = (*file).private_data.cast::<bindings::miscdevice>();
-        &*kernel::container_of!(misc, Inner<T>, misc)
+        &*kernel::container_of!(misc.cast::<Opaque<bindings::miscdevice>>(), Inner<T>, misc)
     };
     match inner.handler.ioctl(cmd, arg) {
         Ok(v) => v as c_long,

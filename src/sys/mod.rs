@@ -13,13 +13,13 @@
 
 pub(crate) mod bdev;
 pub(crate) mod bio;
+pub(crate) mod compat;
 pub(crate) mod dev_index;
 pub(crate) mod disk;
 pub(crate) mod hook;
 pub(crate) mod miscdev;
 pub(crate) mod params;
 pub(crate) mod sync;
-pub(crate) mod vec;
 pub(crate) mod work;
 
 /// Generated at build time from `src/sys/bindings.h` with the kernel's own
@@ -34,6 +34,11 @@ pub(crate) mod work;
     unreachable_pub,
     unsafe_op_in_unsafe_fn,
     clippy::all,
+    // As the kernel's own `bindings` crate allows them.
+    clippy::as_underscore,
+    clippy::cast_lossless,
+    clippy::ptr_as_ptr,
+    clippy::ref_as_ptr,
     clippy::undocumented_unsafe_blocks
 )]
 mod bindings {
@@ -80,6 +85,12 @@ pub(crate) fn capable_sys_admin() -> bool {
     // SAFETY: `capable` only reads the current task's credentials and may be
     // called from any process context.
     unsafe { bindings::capable(bindings::CAP_SYS_ADMIN as kernel::ffi::c_int) }
+}
+
+/// The monotonic clock (`CLOCK_MONOTONIC`) in nanoseconds. Any context.
+pub(crate) fn monotonic_ns() -> i64 {
+    // SAFETY: `ktime_get` only reads the timekeeper; any context.
+    unsafe { bindings::ktime_get() }
 }
 
 /// Fills `id` with a random (version 4) UUID.

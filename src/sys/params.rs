@@ -73,7 +73,7 @@ unsafe extern "C" fn blksnap_param_set(
         return EINVAL.to_errno();
     }
     if let Err(e) = params::check_value(name, value) {
-        pr_err!("parameter {e}\n");
+        pr_err!("parameter {}\n", format_args!("{e}"));
         return EINVAL.to_errno();
     }
     // SAFETY: `arg` points at one of the `AtomicI32` statics above.

@@ -16,10 +16,22 @@
 #include <linux/sched.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
+#include <linux/version.h>
 #include <linux/workqueue.h>
 #include <linux/xarray.h>
 
 #include "shim.h"
+
+/*
+ * What differs between the supported kernel lines on the C side; the Rust
+ * side's differences are in compat.rs, with the same split (7.0 and later).
+ */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(7, 0, 0)
+/* 7.x warns when a workqueue names neither WQ_PERCPU nor WQ_UNBOUND. */
+#define BLKSNAP_WQ_PERCPU WQ_PERCPU
+#else
+#define BLKSNAP_WQ_PERCPU 0
+#endif
 
 /* Module parameters: storage and validation in src/sys/params.rs. */
 
@@ -177,6 +189,16 @@ unsigned long blksnap_spin_lock_irqsave(struct spinlock *lock)
 void blksnap_spin_unlock_irqrestore(struct spinlock *lock, unsigned long flags)
 {
 	spin_unlock_irqrestore(lock, flags);
+}
+
+bool blksnap_spin_trylock_irqsave(struct spinlock *lock, unsigned long *flags)
+{
+	return spin_trylock_irqsave(lock, *flags);
+}
+
+void blksnap_spin_assert_held(struct spinlock *lock)
+{
+	lockdep_assert_held(lock);
 }
 
 /*
@@ -417,7 +439,7 @@ bool blksnap_log_allowed(void)
 
 struct workqueue_struct *blksnap_alloc_workqueue(void)
 {
-	return alloc_workqueue("blksnap", WQ_MEM_RECLAIM, 0);
+	return alloc_workqueue("blksnap", WQ_MEM_RECLAIM | BLKSNAP_WQ_PERCPU, 0);
 }
 
 static const struct block_device_operations blksnap_image_fops = {

@@ -58,6 +58,8 @@ void blksnap_assert_preemption_disabled(void);
 /* IRQ-safe spinlock and reader-writer lock operations. */
 unsigned long blksnap_spin_lock_irqsave(struct spinlock *lock);
 void blksnap_spin_unlock_irqrestore(struct spinlock *lock, unsigned long flags);
+bool blksnap_spin_trylock_irqsave(struct spinlock *lock, unsigned long *flags);
+void blksnap_spin_assert_held(struct spinlock *lock);
 /* The take barrier. Readers run with preemption disabled; the lock is
  * only taken (true, with *flags to restore) while a switch is announced.
  * Writers announce (sleeps: one RCU grace period), take the lock, and

@@ -66,6 +66,8 @@ unsafe impl Backend for IrqSpinLockBackend {
         // SAFETY: the caller holds the lock, taken by `lock` with `flags`.
         unsafe { bindings::blksnap_spin_unlock_irqrestore(ptr.cast(), *flags) }
     }
+
+    super::compat::lock_backend_extras!();
 }
 
 /// The module-wide take barrier (see the module documentation).

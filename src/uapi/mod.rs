@@ -23,14 +23,14 @@ include!("generated.rs");
 include!("abi.rs");
 
 // SAFETY: four `u16`s, no padding: every byte is initialised.
-unsafe impl kernel::types::AsBytes for blk_snap_version {}
+unsafe impl crate::sys::compat::AsBytes for blk_snap_version {}
 
 /// Marks UAPI structs that user space hands in as readable from any bytes.
 macro_rules! from_user_bytes {
     ($($t:ty),*) => {
         // SAFETY: integers, byte arrays and raw pointers only (the layout is
         // pinned by abi.rs): every bit pattern is a valid value.
-        $(unsafe impl kernel::types::FromBytes for $t {})*
+        $(unsafe impl crate::sys::compat::FromBytes for $t {})*
     };
 }
 

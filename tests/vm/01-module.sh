@@ -36,7 +36,7 @@ BAD_WRITES=(
 )
 CYCLES=20
 
-ktap_plan $((2 + 2 + ${#PARAMS[@]} + ${#BAD_LOADS[@]} + ${#BAD_WRITES[@]} + 2))
+ktap_plan $((1 + 2 + 2 + ${#PARAMS[@]} + ${#BAD_LOADS[@]} + ${#BAD_WRITES[@]} + 2))
 
 if [ ! -f "$BLKSNAP_KO" ]; then
 	ktap_diag "$BLKSNAP_KO is missing (the module did not build)"
@@ -48,7 +48,17 @@ if blksnap_loaded; then
 	rmmod blksnap
 fi
 
-# 1-2: load/unload cycles.
+# 1: built for the running kernel: its vermagic is the running kernel's, as
+# a module the kernel's own build made has it.
+vermagic=$(modinfo -F vermagic "$BLKSNAP_KO" 2>&1)
+want=$(modinfo -F vermagic brd 2>&1)
+if [ -n "$want" ] && [ "$vermagic" = "$want" ] && [ "${vermagic%% *}" = "$(uname -r)" ]; then
+	ktap_ok "vermagic is the running kernel's ($vermagic)"
+else
+	ktap_fail "vermagic is the running kernel's" "blksnap.ko: '$vermagic'; brd.ko: '$want'; uname -r: $(uname -r)"
+fi
+
+# 2-3: load/unload cycles.
 load_bad="" unload_bad=""
 for ((c = 1; c <= CYCLES; c++)); do
 	if ! out=$(insmod "$BLKSNAP_KO" 2>&1); then
@@ -82,7 +92,7 @@ if ! out=$(insmod "$BLKSNAP_KO" 2>&1); then
 	ktap_finish
 fi
 
-# 3-4: the control device.
+# 4-5: the control device.
 misc_dev=$(cat /sys/class/misc/blksnap/dev 2>/dev/null)
 node_dev=$(stat -c '%t:%T' "$BLKSNAP_DEV" 2>/dev/null)
 node_dev=$(printf '%d:%d' "0x${node_dev%%:*}" "0x${node_dev##*:}" 2>/dev/null)
@@ -99,7 +109,7 @@ else
 	ktap_fail "$BLKSNAP_DEV has mode 0600 and belongs to root" "got: $mode"
 fi
 
-# 5..: the parameters and their defaults.
+# 6..: the parameters and their defaults.
 for pv in "${PARAMS[@]}"; do
 	p=${pv%%=*} want=${pv#*=}
 	f=/sys/module/blksnap/parameters/$p
