@@ -2,7 +2,10 @@
 # The demo: builds everything, boots the test kernel under QEMU and shows
 # the module at work inside it.
 #
-#   scripts/demo.sh [--debug]
+#   scripts/demo.sh [--debug | --line 7.3]
+#
+#   --debug     on the debug build of the 6.12 test kernel (KASAN, lockdep, kmemleak)
+#   --line 7.3  on Debian's own 7.3 kernel binary (scripts/debian-kernel.sh)
 #
 # On the host: installs missing packages, builds or reuses the test kernel,
 # builds blksnap.ko and the blksnap CLI. In the VM (this same script with
@@ -57,7 +60,7 @@ snapshot() {
 }
 
 guest() {
-	local ko=$BLKSNAP_ROOT/blksnap.ko out sum2 sum_restored n seq full incr
+	local ko=${BLKSNAP_KO:-$BLKSNAP_ROOT/blksnap.ko} out sum2 sum_restored n seq full incr
 	CLI=$BLKSNAP_ROOT/target/release/blksnap
 	DISK=/dev/ram0 STORE=/dev/ram1 MNT=/mnt/data DISK_MIB=128 STORE_MIB=128
 	local backups=/tmp/backups restored=/tmp/restored.img
@@ -166,34 +169,55 @@ if [ "${1:-}" = --guest ]; then
 	exit
 fi
 
+line=6.12
 while (($#)); do
 	case $1 in
 	--debug) BLKSNAP_DEBUG=1; export BLKSNAP_DEBUG ;;
-	*) die "usage: scripts/demo.sh [--debug]" ;;
+	--line) line=${2:-}; shift ;;
+	--line=*) line=${1#*=} ;;
+	*) die "usage: scripts/demo.sh [--debug | --line 7.3]" ;;
 	esac
 	shift
 done
+case $line in
+6.12 | 7.3) ;;
+*) die "--line wants 6.12 or 7.3" ;;
+esac
+[ "$line" = 6.12 ] || [ "$BLKSNAP_DEBUG" != 1 ] || die "--debug is a 6.12 build"
 
 say "1. Packages the build and the VM need"
 "$BLKSNAP_ROOT/scripts/deps.sh"
 echo "ok"
 
-say "2. The test kernel (built once and cached; a first build takes 15-20 minutes)"
-if [ -z "${KDIR:-}" ]; then
-	KDIR=$("$BLKSNAP_ROOT/scripts/kernel.sh")
-fi
-export KDIR
-echo "$KDIR ($(cat "$KDIR/include/config/kernel.release" 2>/dev/null))"
+if [ "$line" = 7.3 ]; then
+	say "2. Debian's 7.3 kernel binary and its build environment (made once and cached; about 12 minutes)"
+	KDIR=$("$BLKSNAP_ROOT/scripts/debian-kernel.sh" prepare | tail -n1)
+	export KDIR
+	echo "$KDIR ($(cat "$KDIR/release"))"
 
-say "3. Building blksnap.ko against it"
-mkdir -p "$BLKSNAP_ROOT/target"
-flock "$BLKSNAP_ROOT/target/.module-build.lock" make -s -C "$BLKSNAP_ROOT" KDIR="$KDIR"
-ls -l "$BLKSNAP_ROOT/blksnap.ko"
+	say "3. Building blksnap.ko against it (in its Debian 13 root)"
+	BLKSNAP_KO=$("$BLKSNAP_ROOT/scripts/debian-kernel.sh" module)
+	export BLKSNAP_KO
+	ls -l "$BLKSNAP_KO"
+	modinfo -F vermagic "$BLKSNAP_KO"
+else
+	say "2. The test kernel (built once and cached; a first build takes 15-20 minutes)"
+	if [ -z "${KDIR:-}" ]; then
+		KDIR=$("$BLKSNAP_ROOT/scripts/kernel.sh")
+	fi
+	export KDIR
+	echo "$KDIR ($(cat "$KDIR/include/config/kernel.release" 2>/dev/null))"
+
+	say "3. Building blksnap.ko against it"
+	mkdir -p "$BLKSNAP_ROOT/target"
+	flock "$BLKSNAP_ROOT/target/.module-build.lock" make -s -C "$BLKSNAP_ROOT" KDIR="$KDIR"
+	ls -l "$BLKSNAP_ROOT/blksnap.ko"
+fi
 
 say "4. Building the user space (the blksnap CLI)"
 (cd "$BLKSNAP_ROOT" && cargo build --release --workspace --quiet)
 ls -l "$BLKSNAP_ROOT/target/release/blksnap"
 
-say "5. Booting the test kernel under QEMU and running the demo inside"
+say "5. Booting the kernel under QEMU and running the demo inside"
 "$BLKSNAP_ROOT/scripts/vm.sh" -- scripts/demo.sh --guest
 say "Done"

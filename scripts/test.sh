@@ -10,11 +10,12 @@
 # --workspace), check the rustfmt formatting of both, run the host unit tests
 # (cargo test --workspace, nested), and boot the test kernel under QEMU to run
 # tests/run-vm.sh (nested; VM-TEST names select scripts from tests/vm/).
-# Then the same for Debian's own 7.3 kernel binary: its build environment
+# The same for Debian's own 7.3 kernel binary: its build environment
 # (scripts/debian-kernel.sh, made in the background while the 6.12 kernel
-# builds), blksnap.ko built against it, and the VM tests in $DEBIAN_TESTS
-# (or the VM-TEST names) booted on Debian's vmlinuz. A failed step does not
-# stop the later ones.
+# builds), blksnap.ko built against it, and the VM tests in DEBIAN_TESTS
+# below (or the VM-TEST names) booted on Debian's vmlinuz, in a second VM
+# beside the one on 6.12 (each keeps one host core busy). A failed step does
+# not stop the later ones.
 #
 #   --debug            use the debug kernel (KASAN, lockdep, kmemleak); same as
 #                      BLKSNAP_DEBUG=1; a 6.12 build, so only that line runs
@@ -102,7 +103,7 @@ step() {
 	return "$rc"
 }
 
-# Steps: deps, user space, format, host tests; then per kernel line the
+# Steps: deps, user space, format, host tests, and per kernel line the
 # kernel, the module and the VM tests.
 planned=4
 want_line 6.12 && planned=$((planned + 3))
@@ -122,36 +123,37 @@ if want_line 7.3; then
 	debian_pid=$!
 fi
 
-# Runs tests/run-vm.sh in a VM booted on kernel directory $2 with module $3,
-# nesting its output, and reports it as case "$1". Further arguments name
-# the VM tests.
-vm_suite() {
-	local desc=$1 kdir=$2 ko=$3 vmerr=$logs/$1-host.log summary='' vp=0 vf=0 vs=0 vmrc line
-	shift 3
-	KDIR=$kdir BLKSNAP_KO=$ko "$BLKSNAP_ROOT/scripts/vm.sh" --timeout "$timeout" \
-		-- tests/run-vm.sh "$@" 2>"$vmerr" |
-		while IFS= read -r line; do
-			line=${line%$'\r'}
-			if [[ $line =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed,\ ([0-9]+)\ skipped$ ]]; then
-				summary=$line
-				echo "    # $line"
-				continue
-			fi
-			echo "    $line"
-			# The individual cases, in case the summary never comes.
-			if [[ $line =~ ^\ \ \ \ ok\ [0-9]+.*#\ *SKIP ]]; then
-				vs=$((vs + 1))
-			elif [[ $line =~ ^\ \ \ \ ok\ [0-9]+ ]]; then
-				vp=$((vp + 1))
-			elif [[ $line =~ ^\ \ \ \ not\ ok\ [0-9]+ ]]; then
-				vf=$((vf + 1))
-			fi
-		done
-	vmrc=${PIPESTATUS[0]}
+# Reads the KTAP output of tests/run-vm.sh on stdin, nests it under the next
+# case and counts its cases (vm_vp, vm_vf, vm_vs, vm_summary).
+vm_lines() {
+	local line
+	vm_summary='' vm_vp=0 vm_vf=0 vm_vs=0
+	while IFS= read -r line; do
+		line=${line%$'\r'}
+		if [[ $line =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed,\ ([0-9]+)\ skipped$ ]]; then
+			vm_summary=$line
+			echo "    # $line"
+			continue
+		fi
+		echo "    $line"
+		# The individual cases, in case the summary never comes.
+		if [[ $line =~ ^\ \ \ \ ok\ [0-9]+.*#\ *SKIP ]]; then
+			vm_vs=$((vm_vs + 1))
+		elif [[ $line =~ ^\ \ \ \ ok\ [0-9]+ ]]; then
+			vm_vp=$((vm_vp + 1))
+		elif [[ $line =~ ^\ \ \ \ not\ ok\ [0-9]+ ]]; then
+			vm_vf=$((vm_vf + 1))
+		fi
+	done
+}
+# Reports VM case $1 from what vm_lines counted, vm.sh's exit status $2 and
+# its messages in file $3.
+vm_finish() {
+	local desc=$1 vmrc=$2 vmerr=$3 vp=$vm_vp vf=$vm_vf vs=$vm_vs
 	diag "$desc: exit status $vmrc; host-side messages:"
 	diag "$(cat "$vmerr")"
-	if [ -n "$summary" ]; then
-		read -r vp _ vf _ vs _ <<<"${summary//,/}"
+	if [ -n "$vm_summary" ]; then
+		read -r vp _ vf _ vs _ <<<"${vm_summary//,/}"
 	fi
 	case $vmrc in
 	124 | 125 | 126)
@@ -196,6 +198,30 @@ if want_line 6.12; then
 	fi
 fi
 t612=$((SECONDS - t612))
+
+# Debian's 7.3 kernel binary: its build environment (made in the background
+# since step 1) and the module built against it.
+debian_ko=
+if want_line 7.3; then
+	wait "$debian_pid"
+	rc=$?
+	diag "kernel-7.3: $((SECONDS - debian_t0))s in the background, log: $logs/kernel-7.3.log"
+	if [ "$rc" != 0 ]; then
+		diag "kernel-7.3 failed with exit status $rc; last lines of the log:"
+		diag "$(tail -n 40 "$logs/kernel-7.3.log")"
+	fi
+	report "$rc" kernel-7.3
+	debian_dir=$(tail -n1 "$logs/kernel-7.3.log")
+	get_debian_module() { debian_ko=$("$BLKSNAP_ROOT/scripts/debian-kernel.sh" module); }
+	if [ "$rc" != 0 ]; then
+		diag "module-7.3: no build environment"
+		report 1 module-7.3
+	elif step module-7.3 module-7.3 get_debian_module; then
+		diag "module-7.3: $debian_ko, vermagic $(modinfo -F vermagic "$debian_ko")"
+	else
+		debian_ko=
+	fi
+fi
 
 # 4: user space.
 if [ -f "$BLKSNAP_ROOT/Cargo.toml" ]; then
@@ -257,11 +283,35 @@ else
 	report 1 host-tests
 fi
 
+# The VM tests on 7.3 run in the background, beside those on 6.12: each VM
+# keeps one host core busy (TCG on one thread).
+debian_vm_pid=
+if [ -n "$debian_ko" ]; then
+	debian_tests=("$@")
+	if ((${#debian_tests[@]} == 0)); then
+		for t in "${DEBIAN_TESTS[@]}"; do
+			[ -f "$BLKSNAP_ROOT/tests/vm/$t.sh" ] && debian_tests+=("$t")
+		done
+	fi
+	t73=$SECONDS
+	(
+		KDIR=$debian_dir BLKSNAP_KO=$debian_ko \
+			BLKSNAP_FUZZ_CALLS=${BLKSNAP_FUZZ_CALLS:-$BLKSNAP_DEBIAN_FUZZ_CALLS} \
+			"$BLKSNAP_ROOT/scripts/vm.sh" --timeout "$timeout" -- tests/run-vm.sh "${debian_tests[@]}" \
+			>"$logs/vm-tests-7.3.out" 2>"$logs/vm-tests-7.3-host.log"
+		echo $? >"$logs/vm-tests-7.3.rc"
+	) &
+	debian_vm_pid=$!
+fi
+
 # 7: the VM tests on 6.12.
 if want_line 6.12; then
 	t0=$SECONDS
 	if [ "$kernel_ok" = 1 ]; then
-		vm_suite vm-tests-6.12 "$KDIR" "$BLKSNAP_ROOT/blksnap.ko" "$@"
+		"$BLKSNAP_ROOT/scripts/vm.sh" --timeout "$timeout" -- tests/run-vm.sh "$@" \
+			2>"$logs/vm-tests-6.12-host.log" | vm_lines
+		vmrc=${PIPESTATUS[0]}
+		vm_finish vm-tests-6.12 "$vmrc" "$logs/vm-tests-6.12-host.log"
 	else
 		diag "vm-tests-6.12: no kernel to boot"
 		report 1 vm-tests-6.12
@@ -270,36 +320,18 @@ if want_line 6.12; then
 	diag "line 6.12: ${t612}s (kernel, module and VM tests)"
 fi
 
-# 8-10: Debian's 7.3 kernel binary: its build environment, the module, the VM tests.
+# 8: the VM tests on 7.3.
 if want_line 7.3; then
-	t0=$SECONDS
-	wait "$debian_pid"
-	rc=$?
-	diag "kernel-7.3: $((SECONDS - debian_t0))s since it started in the background, log: $logs/kernel-7.3.log"
-	if [ "$rc" != 0 ]; then
-		diag "kernel-7.3 failed with exit status $rc; last lines of the log:"
-		diag "$(tail -n 40 "$logs/kernel-7.3.log")"
-	fi
-	report "$rc" kernel-7.3
-	debian_dir=$(tail -n1 "$logs/kernel-7.3.log")
-	get_debian_module() { debian_ko=$("$BLKSNAP_ROOT/scripts/debian-kernel.sh" module); }
-	debian_ko=
-	if [ "$rc" = 0 ] && step module-7.3 module-7.3 get_debian_module; then
-		diag "module-7.3: $debian_ko ($(modinfo -F vermagic "$debian_ko"))"
-		debian_tests=("$@")
-		if ((${#debian_tests[@]} == 0)); then
-			for t in "${DEBIAN_TESTS[@]}"; do
-				[ -f "$BLKSNAP_ROOT/tests/vm/$t.sh" ] && debian_tests+=("$t")
-			done
-		fi
-		BLKSNAP_FUZZ_CALLS=${BLKSNAP_FUZZ_CALLS:-$BLKSNAP_DEBIAN_FUZZ_CALLS} \
-			vm_suite vm-tests-7.3 "$debian_dir" "$debian_ko" "${debian_tests[@]}"
+	if [ -n "$debian_vm_pid" ]; then
+		wait "$debian_vm_pid"
+		vm_lines <"$logs/vm-tests-7.3.out"
+		vm_finish vm-tests-7.3 "$(cat "$logs/vm-tests-7.3.rc" 2>/dev/null || echo 126)" \
+			"$logs/vm-tests-7.3-host.log"
+		diag "line 7.3: VM tests ${t73:+$((SECONDS - t73))s}, beside those on 6.12"
 	else
-		[ "$rc" = 0 ] || report 1 module-7.3
 		diag "vm-tests-7.3: no module for Debian's kernel"
 		report 1 vm-tests-7.3
 	fi
-	diag "line 7.3: $((SECONDS - t0))s after the 6.12 line (module and VM tests, and waiting for its build environment)"
 fi
 
 echo "$pass passed, $fail failed, $skip skipped"

@@ -38,7 +38,7 @@ pub(crate) use kernel::transmute::{AsBytes, FromBytes};
 /// `module!` with one author, in the key the kernel line's macro knows.
 #[cfg(not(kernel_7))]
 macro_rules! kernel_module {
-    (type: $type:ty, name: $name:tt, author: $author:tt, description: $description:tt,
+    (type: $type:ident, name: $name:tt, author: $author:tt, description: $description:tt,
      license: $license:tt $(,)?) => {
         kernel::prelude::module! {
             type: $type,
@@ -53,7 +53,7 @@ macro_rules! kernel_module {
 /// `module!` with one author, in the key the kernel line's macro knows.
 #[cfg(kernel_7)]
 macro_rules! kernel_module {
-    (type: $type:ty, name: $name:tt, author: $author:tt, description: $description:tt,
+    (type: $type:ident, name: $name:tt, author: $author:tt, description: $description:tt,
      license: $license:tt $(,)?) => {
         kernel::prelude::module! {
             type: $type,
