@@ -3,7 +3,8 @@
 #
 #   scripts/debian-kernel.sh prepare   make (or reuse) the build environment
 #                                      and the boot files; print their directory
-#   scripts/debian-kernel.sh module    build blksnap.ko against that kernel;
+#   scripts/debian-kernel.sh module    build blksnap.ko against that kernel
+#                                      (in the cache, one per checkout);
 #                                      print the path of the module
 #
 # Debian's headers package ships no Rust metadata (no rust/*.rmeta, no
@@ -187,21 +188,25 @@ prepare() {
 }
 
 # Builds the module in the root from a copy of this checkout's module
-# sources; the result goes to target/debian-<release>/blksnap.ko.
+# sources, in a directory of the root's own per checkout (outside the
+# checkout: kbuild's `clean` there removes every .ko below it); prints the
+# path of the module.
 module() {
-	local out=$BLKSNAP_ROOT/target/debian-$DEB_RELEASE
+	local src vermagic want
 	prepare
-	rm -rf "$root$MODSRC"
-	mkdir -p "$root$MODSRC" "$out"
-	(cd "$BLKSNAP_ROOT" && tar -cf - Kbuild include src) | tar -xf - -C "$root$MODSRC"
-	in_root make -C "$OBJ" M="$MODSRC" "${deb_make_args[@]}" CLIPPY=1 -j"$(nproc)" modules >&2 ||
+	src=$MODSRC-$(echo "$BLKSNAP_ROOT" | sha256sum | cut -c1-12)
+	exec 8>"$dir/.lock-module-${src##*-}"
+	flock 8
+	rm -rf "$root$src"
+	mkdir -p "$root$src"
+	(cd "$BLKSNAP_ROOT" && tar -cf - --exclude='*.o' --exclude='*.ko' --exclude='.*.cmd' \
+		Kbuild include src) | tar -xf - -C "$root$src"
+	in_root make -C "$OBJ" M="$src" "${deb_make_args[@]}" CLIPPY=1 -j"$(nproc)" modules >&2 ||
 		die "the module build against $DEB_RELEASE failed"
-	cp "$root$MODSRC/blksnap.ko" "$out/blksnap.ko"
-	local vermagic want
-	vermagic=$(modinfo -F vermagic "$out/blksnap.ko")
+	vermagic=$(modinfo -F vermagic "$root$src/blksnap.ko")
 	want=$(modinfo -b "$dir/modroot" -k "$DEB_RELEASE" -F vermagic brd)
 	[ "$vermagic" = "$want" ] || die "vermagic '$vermagic' is not the kernel's '$want'"
-	echo "$out/blksnap.ko"
+	echo "$root$src/blksnap.ko"
 }
 
 case ${1:-} in

@@ -102,6 +102,10 @@ else
 	echo /run/blksnap/bin/modprobe >/proc/sys/kernel/modprobe
 fi
 
+# The drivers udev would load for the devices the tests create, where they
+# are modules (a distribution kernel): SCSI disks (scsi_debug's).
+modprobe -q sd_mod 2>/dev/null
+
 # Device nodes that load their module on first open (/dev/loop-control ...),
 # as systemd-tmpfiles creates them from modules.devname on a normal system.
 release=$(bb cat /proc/sys/kernel/osrelease)
