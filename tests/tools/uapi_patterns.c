@@ -997,6 +997,47 @@ static int t_map_frozen(void)
 	return 1;
 }
 
+/* 4 KiB of the device `path` at `offset`, compared with `byte`. */
+static int reads_as(const char *path, uint64_t offset, int byte)
+{
+	unsigned char *buf;
+	ssize_t n;
+	int fd, ok, i;
+
+	if (posix_memalign((void **)&buf, 4096, 4096))
+		return 0;
+	fd = open(path, O_RDONLY | O_DIRECT);
+	n = fd < 0 ? -1 : pread(fd, buf, 4096, (off_t)offset);
+	ok = n == 4096;
+	if (!ok)
+		diag("read of %s at %" PRIu64 ": %s", path, offset,
+		     n < 0 ? strerror(errno) : "short read");
+	for (i = 0; ok && i < 4096; i++) {
+		if (buf[i] != byte) {
+			diag("%s at %" PRIu64 ": byte %d is 0x%02x, expected 0x%02x", path,
+			     offset, i, buf[i], byte);
+			ok = 0;
+		}
+	}
+	if (fd >= 0)
+		close(fd);
+	free(buf);
+	return ok;
+}
+
+static int t_image_data(void)
+{
+	char path[64];
+	uint64_t bs = info_before[0].blk_size;
+
+	if (!have_images_a)
+		return diag("no images collected"), 0;
+	snprintf(path, sizeof(path), "/dev/%s%u", BLK_SNAP_IMAGE_NAME,
+		 images_a[0].image_dev_id.mn);
+	return reads_as(path, 5 * bs, 0x11) && reads_as(path, 7 * bs, 0) &&
+	       reads_as(orig[0].path, 7 * bs, 0x22);
+}
+
 static int t_mark_ranges(void)
 {
 	static unsigned char map[sizeof(map1)];
@@ -1269,6 +1310,8 @@ static const struct test tests[] = {
 	  t_map_marks_write },
 	{ "the readable table does not change while the snapshot is held (a write after TAKE)",
 	  t_map_frozen },
+	{ "the image shows the data at TAKE: the block written before TAKE as written, the one written after as before",
+	  t_image_data },
 	{ "TRACKER_MARK_DIRTY_BLOCKS marks sector ranges in the readable table (one sector, across a block boundary, the last sector)",
 	  t_mark_ranges },
 	{ "TRACKER_MARK_DIRTY_BLOCKS of a snapshot image marks its original's tracker", t_mark_image },
