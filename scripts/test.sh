@@ -119,7 +119,8 @@ step deps deps "$BLKSNAP_ROOT/scripts/deps.sh"
 debian_pid=
 if want_line 7.3; then
 	debian_t0=$SECONDS
-	"$BLKSNAP_ROOT/scripts/debian-kernel.sh" prepare >"$logs/kernel-7.3.log" 2>&1 &
+	# Niced: the 6.12 kernel build is the longer path.
+	nice -n 10 "$BLKSNAP_ROOT/scripts/debian-kernel.sh" prepare >"$logs/kernel-7.3.log" 2>&1 &
 	debian_pid=$!
 fi
 

@@ -11,14 +11,21 @@
 //! before any state changes, so a failed command leaves nothing behind.
 //!
 //! Errors chosen on purpose: `EINVAL` for malformed input (bad device
-//! number, duplicate devices, zero or too large counts, misaligned ranges),
+//! number, duplicate devices, a snapshot of zero devices, too large counts,
+//! misaligned ranges),
 //! `ENODEV` for a device that is not tracked (or, for COLLECT_IMAGES, a
 //! snapshot not taken yet), `ESRCH` for an unknown
 //! snapshot id, `EALREADY` for a device already in a snapshot or a snapshot
 //! already taken, `EBUSY` for removing a tracker in use, `ENODATA` for a
 //! collect array that is too small (the count says what is needed), `EPERM`
 //! for reading change tracking before the snapshot is taken (as the
-//! reference did), `ENOTTY` for unknown commands.
+//! reference did), `ENOTTY` for unknown commands. MARK_DIRTY_BLOCKS and
+//! APPEND_STORAGE with zero ranges change nothing and succeed (after the
+//! device or snapshot checks), as in the reference.
+//!
+//! The three collections (TRACKER_COLLECT, SNAPSHOT_COLLECT,
+//! SNAPSHOT_COLLECT_IMAGES) share the header's two-call protocol in
+//! [`collect_reply`]: a null array asks for the count and succeeds.
 //!
 //! Locking: `state` (a mutex) serializes every command that changes or
 //! reads the set of trackers and snapshots. WAIT_EVENT looks its snapshot up
@@ -39,6 +46,7 @@ use kernel::{
     alloc::KVVec,
     new_mutex,
     sync::{Arc, Mutex},
+    uaccess::UserSliceWriter,
 };
 
 /// The version VERSION reports.
@@ -119,11 +127,15 @@ fn write_at(arg: usize, offset: usize, bytes: &[u8]) -> Result {
     user_slice(addr, bytes.len()).writer().write_slice(bytes)
 }
 
-/// Reads a user array of `count` elements of `T`, bounded by `max`.
+/// Reads a user array of `count` elements of `T`, bounded by `max`. An
+/// empty array is not read (its pointer may be null).
 fn read_array<T: FromBytes>(ptr: usize, count: u32, max: usize) -> Result<KVVec<T>> {
     let count = usize::try_from(count).map_err(|_| EINVAL)?;
-    if count == 0 || count > max {
+    if count > max {
         return Err(EINVAL);
+    }
+    if count == 0 {
+        return Ok(KVVec::new());
     }
     let len = count.checked_mul(size_of::<T>()).ok_or(EINVAL)?;
     let mut reader = user_slice(ptr, len).reader();
@@ -132,6 +144,45 @@ fn read_array<T: FromBytes>(ptr: usize, count: u32, max: usize) -> Result<KVVec<
         out.push(reader.read::<T>()?, GFP_KERNEL)?;
     }
     Ok(out)
+}
+
+/// Where a collect command's answer goes: the user's argument struct, the
+/// offset of its count field, the count and array pointer the user passed,
+/// and the size of one array element.
+struct Collect {
+    arg: usize,
+    count_off: usize,
+    count: u32,
+    array: usize,
+    item_size: usize,
+}
+
+/// The header's two-call protocol, shared by TRACKER_COLLECT,
+/// SNAPSHOT_COLLECT and SNAPSHOT_COLLECT_IMAGES.
+///
+/// The count field is always set to `items`, the number of elements there
+/// are. A null array is the size query: it returns 0 (whatever count was
+/// passed). A non-null array with room for fewer than `items` elements is
+/// left untouched and the call fails with `ENODATA`. Otherwise `fill`
+/// writes the `items` elements through a writer over exactly that many.
+fn collect_reply(
+    c: Collect,
+    items: usize,
+    fill: impl FnOnce(&mut UserSliceWriter) -> Result,
+) -> Result<isize> {
+    let needed = u32::try_from(items).map_err(|_| errno::eoverflow())?;
+    write_at(c.arg, c.count_off, &needed.to_ne_bytes())?;
+    if c.array == 0 {
+        return Ok(0);
+    }
+    if c.count < needed {
+        return Err(errno::enodata());
+    }
+    let len = items
+        .checked_mul(c.item_size)
+        .ok_or_else(errno::eoverflow)?;
+    fill(&mut user_slice(c.array, len).writer())?;
+    Ok(0)
 }
 
 /// A kernel `dev_t` from the UAPI device id; `EINVAL` if it cannot be one.
@@ -203,24 +254,22 @@ impl Control {
     fn tracker_collect(&self, arg: usize) -> Result<isize> {
         let a: blk_snap_tracker_collect = read_arg(arg)?;
         let state = self.state.lock();
-        let needed = state.trackers.len();
-        let needed_u32 = u32::try_from(needed).map_err(|_| errno::eoverflow())?;
-        let count_off = offset_of!(blk_snap_tracker_collect, count);
-        if a.cbt_info_array.is_null() {
-            write_at(arg, count_off, &needed_u32.to_ne_bytes())?;
-            return Ok(0);
-        }
-        if (a.count as usize) < needed {
-            write_at(arg, count_off, &needed_u32.to_ne_bytes())?;
-            return Err(errno::enodata());
-        }
-        let len = needed * size_of::<blk_snap_cbt_info>();
-        let mut writer = user_slice(a.cbt_info_array as usize, len).writer();
-        for t in state.trackers.iter() {
-            writer.write_slice(&cbt_info_bytes(&t.info()))?;
-        }
-        write_at(arg, count_off, &needed_u32.to_ne_bytes())?;
-        Ok(0)
+        collect_reply(
+            Collect {
+                arg,
+                count_off: offset_of!(blk_snap_tracker_collect, count),
+                count: a.count,
+                array: a.cbt_info_array as usize,
+                item_size: size_of::<blk_snap_cbt_info>(),
+            },
+            state.trackers.len(),
+            |writer| {
+                for t in state.trackers.iter() {
+                    writer.write_slice(&cbt_info_bytes(&t.info()))?;
+                }
+                Ok(())
+            },
+        )
     }
 
     fn tracker_read_cbt_map(&self, arg: usize) -> Result<isize> {
@@ -278,6 +327,10 @@ impl Control {
 
     fn snapshot_create(&self, arg: usize) -> Result<isize> {
         let a: blk_snap_snapshot_create = read_arg(arg)?;
+        // A snapshot of no devices is no snapshot.
+        if a.count == 0 {
+            return Err(EINVAL);
+        }
         let ids =
             read_array::<blk_snap_dev>(a.dev_id_array as usize, a.count, MAX_SNAPSHOT_DEVICES)?;
         let mut devs = KVVec::with_capacity(ids.len(), GFP_KERNEL)?;
@@ -349,7 +402,11 @@ impl Control {
         let dev = dev_t(&a.dev_id)?;
         let ranges = read_array::<blk_snap_block_range>(a.ranges as usize, a.count, MAX_RANGES)?;
         let state = self.state.lock();
-        state.snapshot(&a.id)?.append_storage(dev, &ranges)?;
+        let snapshot = state.snapshot(&a.id)?;
+        // No ranges: nothing to append (the device is not even opened).
+        if !ranges.is_empty() {
+            snapshot.append_storage(dev, &ranges)?;
+        }
         Ok(0)
     }
 
@@ -372,22 +429,22 @@ impl Control {
     fn snapshot_collect(&self, arg: usize) -> Result<isize> {
         let a: blk_snap_snapshot_collect = read_arg(arg)?;
         let state = self.state.lock();
-        let needed = state.snapshots.len();
-        let needed_u32 = u32::try_from(needed).map_err(|_| errno::eoverflow())?;
-        let count_off = offset_of!(blk_snap_snapshot_collect, count);
-        write_at(arg, count_off, &needed_u32.to_ne_bytes())?;
-        if a.ids.is_null() || (a.count as usize) < needed {
-            return if needed == 0 {
-                Ok(0)
-            } else {
-                Err(errno::enodata())
-            };
-        }
-        let mut writer = user_slice(a.ids as usize, needed * size_of::<blk_snap_uuid>()).writer();
-        for s in state.snapshots.iter() {
-            writer.write_slice(s.id())?;
-        }
-        Ok(0)
+        collect_reply(
+            Collect {
+                arg,
+                count_off: offset_of!(blk_snap_snapshot_collect, count),
+                count: a.count,
+                array: a.ids as usize,
+                item_size: size_of::<blk_snap_uuid>(),
+            },
+            state.snapshots.len(),
+            |writer| {
+                for s in state.snapshots.iter() {
+                    writer.write_slice(s.id())?;
+                }
+                Ok(())
+            },
+        )
     }
 
     fn snapshot_collect_images(&self, arg: usize) -> Result<isize> {
@@ -401,32 +458,29 @@ impl Control {
             }
             snapshot.images(&mut images)?;
         }
-        let needed = u32::try_from(images.len()).map_err(|_| errno::eoverflow())?;
-        write_at(
-            arg,
-            offset_of!(blk_snap_snapshot_collect_images, count),
-            &needed.to_ne_bytes(),
-        )?;
-        if a.image_info_array.is_null() || (a.count as usize) < images.len() {
-            return if images.is_empty() {
-                Ok(0)
-            } else {
-                Err(errno::enodata())
-            };
-        }
-        let len = images.len() * size_of::<blk_snap_image_info>();
-        let mut writer = user_slice(a.image_info_array as usize, len).writer();
-        for i in images.iter() {
-            for v in [
-                i.orig_dev_id.mj,
-                i.orig_dev_id.mn,
-                i.image_dev_id.mj,
-                i.image_dev_id.mn,
-            ] {
-                writer.write_slice(&v.to_ne_bytes())?;
-            }
-        }
-        Ok(0)
+        collect_reply(
+            Collect {
+                arg,
+                count_off: offset_of!(blk_snap_snapshot_collect_images, count),
+                count: a.count,
+                array: a.image_info_array as usize,
+                item_size: size_of::<blk_snap_image_info>(),
+            },
+            images.len(),
+            |writer| {
+                for i in images.iter() {
+                    for v in [
+                        i.orig_dev_id.mj,
+                        i.orig_dev_id.mn,
+                        i.image_dev_id.mj,
+                        i.image_dev_id.mn,
+                    ] {
+                        writer.write_slice(&v.to_ne_bytes())?;
+                    }
+                }
+                Ok(())
+            },
+        )
     }
 
     fn snapshot_wait_event(&self, arg: usize) -> Result<isize> {

@@ -88,8 +88,10 @@ const COLLECT_ATTEMPTS: usize = 8;
 /// `call` performs one ioctl with the given output buffer (its length is the
 /// count passed in, a null pointer when it is empty) and returns the ioctl
 /// result with the count the module wrote back. The first call passes an
-/// empty buffer; the module answers with the count it needs, either
-/// successfully or with `ENODATA`. Then a buffer of that size is passed; if
+/// empty buffer (a null pointer, count 0); the module answers with the count
+/// it needs: successfully, as the header documents and this module does, or
+/// with `ENODATA`, as SNAPSHOT_COLLECT and SNAPSHOT_COLLECT_IMAGES of older
+/// versions of it did. Both work. Then a buffer of that size is passed; if
 /// the count grew meanwhile, the call is repeated with a bigger buffer.
 pub(crate) fn collect_two_call<T: Clone + Default>(
     op: &'static str,
@@ -105,7 +107,7 @@ pub(crate) fn collect_two_call<T: Clone + Default>(
                 return Ok(buf);
             }
             // Too small a buffer: the module reports the count it needs,
-            // either as a success (TRACKER_COLLECT) or with ENODATA.
+            // either as a success (the null query) or with ENODATA.
             Ok(_) => {}
             Err(Errno::ENODATA) if needed > buf.len() => {}
             Err(Errno::ENODATA) if needed == 0 => return Ok(Vec::new()),
@@ -440,21 +442,35 @@ impl AsRawFd for Control {
 mod tests {
     use super::*;
 
-    /// A fake module holding `items`; answers like TRACKER_COLLECT does
-    /// (success with the needed count when the buffer is too small) or, with
-    /// `enodata`, like SNAPSHOT_COLLECT (-ENODATA then).
+    /// How a module answers a collect call whose array is too small.
+    #[derive(Clone, Copy, Debug)]
+    enum Answer {
+        /// The header's protocol (TRACKER_COLLECT always, and every
+        /// collection since the fix): a null array succeeds with the count,
+        /// a too-small non-null array fails with ENODATA.
+        Header,
+        /// Older modules' SNAPSHOT_COLLECT and SNAPSHOT_COLLECT_IMAGES:
+        /// ENODATA with the count for the null query too.
+        EnodataAlways,
+        /// Success with the needed count, null or not.
+        SuccessAlways,
+    }
+
+    const ANSWERS: [Answer; 3] = [Answer::Header, Answer::EnodataAlways, Answer::SuccessAlways];
+
+    /// A fake module holding `items` that answers as `answer` says.
     struct Fake {
         items: Vec<u32>,
-        enodata: bool,
+        answer: Answer,
         calls: usize,
         grow_on_call: Option<(usize, u32)>,
     }
 
     impl Fake {
-        fn new(items: Vec<u32>, enodata: bool) -> Self {
+        fn new(items: Vec<u32>, answer: Answer) -> Self {
             Fake {
                 items,
-                enodata,
+                answer,
                 calls: 0,
                 grow_on_call: None,
             }
@@ -468,11 +484,13 @@ mod tests {
                 }
             }
             let needed = self.items.len() as u32;
+            // The library passes a null pointer exactly for an empty buffer.
+            let null = buf.is_empty();
             if buf.len() < self.items.len() {
-                let res = if self.enodata {
-                    Err(Errno::ENODATA)
-                } else {
-                    Ok(0)
+                let res = match self.answer {
+                    Answer::Header if null => Ok(0),
+                    Answer::Header | Answer::EnodataAlways => Err(Errno::ENODATA),
+                    Answer::SuccessAlways => Ok(0),
                 };
                 return (res, needed);
             }
@@ -483,32 +501,32 @@ mod tests {
 
     #[test]
     fn collect_empty() {
-        for enodata in [false, true] {
-            let mut fake = Fake::new(vec![], enodata);
+        for answer in ANSWERS {
+            let mut fake = Fake::new(vec![], answer);
             let got = collect_two_call("test", |b| fake.call(b)).unwrap();
-            assert!(got.is_empty());
-            assert_eq!(fake.calls, 1);
+            assert!(got.is_empty(), "{answer:?}");
+            assert_eq!(fake.calls, 1, "{answer:?}");
         }
     }
 
     #[test]
     fn collect_two_calls() {
-        for enodata in [false, true] {
-            let mut fake = Fake::new(vec![1, 2, 3], enodata);
+        for answer in ANSWERS {
+            let mut fake = Fake::new(vec![1, 2, 3], answer);
             let got = collect_two_call("test", |b| fake.call(b)).unwrap();
-            assert_eq!(got, vec![1, 2, 3]);
-            assert_eq!(fake.calls, 2);
+            assert_eq!(got, vec![1, 2, 3], "{answer:?}");
+            assert_eq!(fake.calls, 2, "{answer:?}");
         }
     }
 
     #[test]
     fn collect_retries_when_the_count_grows() {
-        for enodata in [false, true] {
-            let mut fake = Fake::new(vec![1, 2], enodata);
+        for answer in ANSWERS {
+            let mut fake = Fake::new(vec![1, 2], answer);
             fake.grow_on_call = Some((2, 9));
             let got = collect_two_call("test", |b| fake.call(b)).unwrap();
-            assert_eq!(got, vec![1, 2, 9]);
-            assert_eq!(fake.calls, 3);
+            assert_eq!(got, vec![1, 2, 9], "{answer:?}");
+            assert_eq!(fake.calls, 3, "{answer:?}");
         }
     }
 
