@@ -301,6 +301,7 @@ if [ -n "$debian_ko" ]; then
 			"$BLKSNAP_ROOT/scripts/vm.sh" --timeout "$timeout" -- tests/run-vm.sh "${debian_tests[@]}" \
 			>"$logs/vm-tests-7.3.out" 2>"$logs/vm-tests-7.3-host.log"
 		echo $? >"$logs/vm-tests-7.3.rc"
+		echo $((SECONDS - t73)) >"$logs/vm-tests-7.3.time"
 	) &
 	debian_vm_pid=$!
 fi
@@ -328,7 +329,7 @@ if want_line 7.3; then
 		vm_lines <"$logs/vm-tests-7.3.out"
 		vm_finish vm-tests-7.3 "$(cat "$logs/vm-tests-7.3.rc" 2>/dev/null || echo 126)" \
 			"$logs/vm-tests-7.3-host.log"
-		diag "line 7.3: VM tests ${t73:+$((SECONDS - t73))s}, beside those on 6.12"
+		diag "line 7.3: VM tests $(cat "$logs/vm-tests-7.3.time" 2>/dev/null)s, beside those on 6.12; the 6.12 line ended $((SECONDS - t73))s after they began"
 	else
 		diag "vm-tests-7.3: no module for Debian's kernel"
 		report 1 vm-tests-7.3
