@@ -7,7 +7,8 @@
 # Steps, each a KTAP test case: install missing packages (scripts/deps.sh),
 # build or reuse the 6.12 test kernel (scripts/kernel.sh; KDIR=... uses your
 # own), build blksnap.ko, build the user space (cargo build --release
-# --workspace), check the rustfmt formatting of both, run the host unit tests
+# --workspace), check the rustfmt formatting of both and the module's layers
+# (scripts/check-layers.sh), run the host unit tests
 # (cargo test --workspace, nested), and boot the test kernel under QEMU to run
 # tests/run-vm.sh (nested; VM-TEST names select scripts from tests/vm/).
 # The same for Debian's own 7.3 kernel binary: its build environment
@@ -103,9 +104,9 @@ step() {
 	return "$rc"
 }
 
-# Steps: deps, user space, format, host tests, and per kernel line the
-# kernel, the module and the VM tests.
-planned=4
+# Steps: deps, user space, format, layers, host tests, and per kernel line
+# the kernel, the module and the VM tests.
+planned=5
 want_line 6.12 && planned=$((planned + 3))
 want_line 7.3 && planned=$((planned + 3))
 echo "KTAP version 1"
@@ -238,6 +239,8 @@ check_format() {
 		rustfmt --check --edition 2021 "$BLKSNAP_ROOT/src/blksnap.rs"
 }
 step format format check_format
+# sys/ names no domain module; no unsafe outside sys/ but the listed.
+step layers layers "$BLKSNAP_ROOT/scripts/check-layers.sh"
 
 # 6: host unit tests, one subtest per Rust test.
 if [ -f "$BLKSNAP_ROOT/Cargo.toml" ]; then
