@@ -68,7 +68,6 @@ const CBT_READ_BATCH: usize = 4096;
 struct State {
     trackers: Registry,
     snapshots: KVec<Arc<Snapshot>>,
-    minors: Minors,
 }
 
 impl State {
@@ -97,6 +96,7 @@ pub(crate) struct Control {
     state: Pin<KBox<Mutex<State>>>,
     queue: Arc<CowQueue>,
     major: ImageMajor,
+    minors: Arc<Minors>,
 }
 
 impl Control {
@@ -106,12 +106,12 @@ impl Control {
         let state = State {
             trackers: Registry::new(),
             snapshots: KVec::new(),
-            minors: Minors::new(),
         };
         Ok(Control {
             state: KBox::pin_init(new_mutex!(state, "blksnap_control"), GFP_KERNEL)?,
             queue,
             major,
+            minors: Minors::new()?,
         })
     }
 }
@@ -372,7 +372,7 @@ impl Control {
         };
         let id_off = offset_of!(blk_snap_snapshot_create, id);
         if let Err(e) = write_at(arg, id_off, snapshot.id()) {
-            snapshot.destroy(&mut state.minors);
+            snapshot.destroy();
             for &dev in created.iter() {
                 let _ = state.trackers.remove(dev);
             }
@@ -392,7 +392,7 @@ impl Control {
             .position(|s| s.id() == &a.id.b)
             .ok_or(ESRCH)?;
         if let Some(snapshot) = state.snapshots.swap_remove(pos) {
-            snapshot.destroy(&mut state.minors);
+            snapshot.destroy();
         }
         Ok(0)
     }
@@ -413,14 +413,14 @@ impl Control {
     fn snapshot_take(&self, arg: usize) -> Result<isize> {
         let a: blk_snap_snapshot_take = read_arg(arg)?;
         let params = sys::params::current();
-        let mut state = self.state.lock();
+        let state = self.state.lock();
         let snapshot = state.snapshot(&a.id)?.clone();
         snapshot.take(
             &params,
             TakeContext {
                 queue: &self.queue,
                 major: &self.major,
-                minors: &mut state.minors,
+                minors: &self.minors,
             },
         )?;
         Ok(0)
@@ -541,7 +541,7 @@ impl Drop for Control {
         let mut guard = self.state.lock();
         let state = &mut *guard;
         while let Some(s) = state.snapshots.pop() {
-            s.destroy(&mut state.minors);
+            s.destroy();
         }
     }
 }

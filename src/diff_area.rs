@@ -45,7 +45,7 @@ use crate::{
     event_queue::EventQueue,
     sys::{
         bdev::{self, BlockDevice},
-        bio::{pages_io, Bio, PageIo, Redirect},
+        bio::{pages_io, Bio, PageIo, RedirectDone},
         sync::{new_irq_spinlock, IrqSpinLock},
         CowQueue,
     },
@@ -322,6 +322,13 @@ pub(crate) struct DiffArea {
     /// and [`DRAINING`] once [`DiffArea::wait_reads`] waits for them (see
     /// the locking rules).
     inflight: AtomicUsize,
+}
+
+/// The completion of a read sent on by [`DiffArea::read_fast`].
+impl RedirectDone for DiffArea {
+    fn redirect_done(&self, tag: u64, result: Result) -> Result {
+        self.read_done(tag, result)
+    }
 }
 
 impl DiffArea {
@@ -820,14 +827,10 @@ impl DiffArea {
         let bdev = storage.as_deref().unwrap_or(self.tracker.bdev());
         self.inflight.fetch_add(1, Ordering::AcqRel);
         let tag = tag.counted(counted).into_raw();
-        let to = Redirect {
-            ctx: core::ptr::from_ref(self).cast(),
-            tag,
-        };
         // SAFETY: `self` and `bdev` (a storage device of `self.storage`, or
         // the original) outlive the read: `wait_reads` waits for `inflight`
         // to drop to zero before the image lets go of its area.
-        match unsafe { bio.redirect(bdev, target, to) } {
+        match unsafe { bio.redirect(bdev, target, self, tag) } {
             Ok(()) => None,
             Err(bio) => {
                 // Not sent: undo the counting; the worker serves it.

@@ -11,8 +11,8 @@
 //! diff area (see `diff_area`). Images are writable: writes land in the
 //! difference storage.
 //!
-//! Locking: none of its own. [`Minors`] is kept under the control state
-//! mutex. The disk is removed (`del_gendisk`, which waits for callers of
+//! Locking: [`Minors`] has its own mutex, taken inside the control state
+//! mutex (never the other way round) and by the drop of an [`ImageHandle`]. The disk is removed (`del_gendisk`, which waits for callers of
 //! `submit_bio` to leave), then the reads sent on from the submit path are
 //! waited for, before its [`Image`] can be freed; bios queued for the
 //! worker hold a reference to the image.
@@ -26,38 +26,61 @@ use crate::{
     },
 };
 use kernel::{
+    new_mutex,
     prelude::*,
     str::CString,
-    sync::{Arc, ArcBorrow},
+    sync::{Arc, ArcBorrow, Mutex},
 };
 
 /// The image minors in use; new images get the lowest free one.
-pub(crate) struct Minors(KVec<bool>);
+#[pin_data]
+pub(crate) struct Minors {
+    #[pin]
+    used: Mutex<KVec<bool>>,
+}
 
 impl Minors {
     /// None in use.
-    pub(crate) fn new() -> Self {
-        Minors(KVec::new())
+    pub(crate) fn new() -> Result<Arc<Self>> {
+        Arc::pin_init(
+            pin_init!(Minors {
+                used <- new_mutex!(KVec::new(), "blksnap_minors"),
+            }),
+            GFP_KERNEL,
+        )
     }
 
-    /// Takes the lowest free minor.
-    fn take(&mut self) -> Result<u32> {
-        let m = match self.0.iter().position(|used| !used) {
+    /// Takes the lowest free minor; it is free again when the [`Minor`] is
+    /// dropped.
+    fn take(pool: &Arc<Self>) -> Result<Minor> {
+        let mut used = pool.used.lock();
+        let m = match used.iter().position(|used| !used) {
             Some(m) => m,
             None => {
-                self.0.push(false, GFP_KERNEL)?;
-                self.0.len() - 1
+                used.push(false, GFP_KERNEL)?;
+                used.len() - 1
             }
         };
-        if let Some(slot) = self.0.get_mut(m) {
+        let number = u32::try_from(m).map_err(|_| ENOSPC)?;
+        if let Some(slot) = used.get_mut(m) {
             *slot = true;
         }
-        u32::try_from(m).map_err(|_| ENOSPC)
+        Ok(Minor {
+            pool: pool.clone(),
+            number,
+        })
     }
+}
 
-    /// Frees `minor`.
-    fn release(&mut self, minor: u32) {
-        if let Some(slot) = self.0.get_mut(minor as usize) {
+/// One image minor in use; released on drop.
+struct Minor {
+    pool: Arc<Minors>,
+    number: u32,
+}
+
+impl Drop for Minor {
+    fn drop(&mut self) {
+        if let Some(slot) = self.pool.used.lock().get_mut(self.number as usize) {
             *slot = false;
         }
     }
@@ -68,13 +91,15 @@ pub(crate) struct Image {
     area: Arc<DiffArea>,
 }
 
-/// An image disk and its image, owned by the snapshot.
+/// An image disk and its image, owned by the snapshot. Dropping it removes
+/// the disk, waits for the reads it sent on, then frees its minor.
 pub(crate) struct ImageHandle {
     /// `None` only while dropping.
     disk: Option<ImageDisk>,
     image: Arc<Image>,
-    minor: u32,
     major: u32,
+    /// Last: freed once the disk is gone.
+    minor: Minor,
 }
 
 impl ImageHandle {
@@ -82,55 +107,41 @@ impl ImageHandle {
     pub(crate) fn create(
         area: Arc<DiffArea>,
         major: &ImageMajor,
-        minors: &mut Minors,
+        minors: &Arc<Minors>,
     ) -> Result<Self> {
-        let minor = minors.take()?;
-        let result = (|| {
-            let name = CString::try_from_fmt(format_args!("blksnap-image{minor}"))?;
-            let chunk_sectors = u32::try_from(area.chunk_sectors()).map_err(|_| EFBIG)?;
-            let capacity = area.capacity();
-            let image = Arc::new(Image { area }, GFP_KERNEL)?;
-            // SAFETY: `image` is kept alive by the handle for as long as the
-            // disk, which is dropped first.
-            let disk = unsafe {
-                ImageDisk::create(
-                    major,
-                    minor,
-                    &name,
-                    capacity,
-                    chunk_sectors,
-                    core::ptr::from_ref::<Image>(&image).cast(),
-                )?
-            };
-            Ok(ImageHandle {
-                disk: Some(disk),
-                image,
-                minor,
-                major: major.major(),
-            })
-        })();
-        if result.is_err() {
-            minors.release(minor);
-        }
-        result
+        let minor = Minors::take(minors)?;
+        let name = CString::try_from_fmt(format_args!("blksnap-image{}", minor.number))?;
+        let chunk_sectors = u32::try_from(area.chunk_sectors()).map_err(|_| EFBIG)?;
+        let capacity = area.capacity();
+        let image = Arc::new(Image { area }, GFP_KERNEL)?;
+        // SAFETY: `image` is kept alive by the handle for as long as the
+        // disk, which is dropped first.
+        let disk = unsafe {
+            ImageDisk::create(
+                major,
+                minor.number,
+                &name,
+                capacity,
+                chunk_sectors,
+                core::ptr::from_ref::<Image>(&image).cast(),
+            )?
+        };
+        Ok(ImageHandle {
+            disk: Some(disk),
+            image,
+            major: major.major(),
+            minor,
+        })
     }
 
     /// The image's device number parts.
     pub(crate) fn dev(&self) -> (u32, u32) {
-        (self.major, self.minor)
+        (self.major, self.minor.number)
     }
 
     /// The diff area behind the image.
     pub(crate) fn area(&self) -> &Arc<DiffArea> {
         &self.image.area
-    }
-
-    /// Removes the disk, waits for the reads it sent on, and frees its
-    /// minor.
-    pub(crate) fn destroy(self, minors: &mut Minors) {
-        let minor = self.minor;
-        drop(self);
-        minors.release(minor);
     }
 }
 
@@ -167,23 +178,6 @@ pub(crate) fn submit(image: ArcBorrow<'_, Image>, bio: Bio) {
     if let Err(lost) = work::spawn(queue.queue(), GFP_ATOMIC, ImageBio { image, bio }, serve) {
         lost.bio.end(Err(ENOMEM));
     }
-}
-
-/// The completion of a read sent on by [`DiffArea::read_fast`]: the
-/// result the image bio ends with.
-///
-/// # Safety
-///
-/// `ctx` points at the [`DiffArea`] that sent the read, and `tag` is its.
-pub(crate) unsafe fn redirect_done(
-    ctx: *const core::ffi::c_void,
-    tag: u64,
-    result: Result,
-) -> Result {
-    // SAFETY: the area waits for its reads before it can be freed
-    // (`DiffArea::wait_reads`), so it is alive here.
-    let area = unsafe { &*ctx.cast::<DiffArea>() };
-    area.read_done(tag, result)
 }
 
 /// Work item: serves an image bio.

@@ -34,7 +34,7 @@ pub(crate) struct TakeContext<'a> {
     /// The image disks' major.
     pub(crate) major: &'a ImageMajor,
     /// The image minors in use.
-    pub(crate) minors: &'a mut Minors,
+    pub(crate) minors: &'a Arc<Minors>,
 }
 
 /// One snapshot.
@@ -166,33 +166,22 @@ impl Snapshot {
             )?;
             areas.push(area, GFP_KERNEL)?;
         }
-        let minors = ctx.minors;
+        // On any error from here on, the images made so far are dropped:
+        // their disks go, and their minors are free again.
         for area in areas.iter() {
-            match ImageHandle::create(area.clone(), ctx.major, minors) {
-                Ok(image) => images.push(image, GFP_KERNEL)?,
-                Err(e) => {
-                    while let Some(image) = images.pop() {
-                        image.destroy(minors);
-                    }
-                    return Err(e);
-                }
-            }
+            images.push(
+                ImageHandle::create(area.clone(), ctx.major, ctx.minors)?,
+                GFP_KERNEL,
+            )?;
         }
         // Before the freeze: announcing waits for a grace period.
         let announced = TakeBarrier::announce();
         {
             let mut frozen = KVec::with_capacity(n, GFP_KERNEL)?;
             for t in self.trackers.iter() {
-                match t.bdev().freeze() {
-                    Ok(f) => frozen.push(f, GFP_KERNEL)?,
-                    Err(e) => {
-                        drop(frozen);
-                        while let Some(image) = images.pop() {
-                            image.destroy(minors);
-                        }
-                        return Err(e);
-                    }
-                }
+                // A failed freeze thaws those frozen so far (their drop)
+                // before the images go.
+                frozen.push(t.bdev().freeze()?, GFP_KERNEL)?;
             }
             let _barrier = announced.write();
             for (((t, p), g), area) in self
@@ -217,7 +206,7 @@ impl Snapshot {
     /// SNAPSHOT_DESTROY: stops copy-on-write (held-back writes pass), fails
     /// image I/O, removes the images, wakes every event waiter with `ESRCH`.
     /// The trackers stay.
-    pub(crate) fn destroy(&self, minors: &mut Minors) {
+    pub(crate) fn destroy(&self) {
         // Without memory for this list, areas are dropped under the barrier
         // instead of after it; both are safe.
         let mut detached =
@@ -239,9 +228,8 @@ impl Snapshot {
         for area in detached.iter() {
             area.deactivate();
         }
-        while let Some(image) = images.pop() {
-            image.destroy(minors);
-        }
+        // Removes the disks, waits for their reads, frees their minors.
+        while images.pop().is_some() {}
         drop(images);
         if let Some(queue) = detached.iter().next().map(|a| a.queue().clone()) {
             queue.flush();

@@ -202,35 +202,45 @@ impl Bio {
     }
 }
 
-/// Where the completion of a bio sent on by [`Bio::redirect`] goes.
-pub(crate) struct Redirect {
-    /// What `crate::snapimage::redirect_done` gets back.
-    pub(crate) ctx: *const core::ffi::c_void,
-    /// A value of the caller's, also given back.
-    pub(crate) tag: u64,
+/// What the completion of a bio sent on by [`Bio::redirect`] reports to.
+pub(crate) trait RedirectDone: Sync {
+    /// The result the original bio ends with, given its clone's `result`
+    /// and the `tag` given to [`Bio::redirect`]. Called in any context,
+    /// interrupts included: must not sleep.
+    fn redirect_done(&self, tag: u64, result: kernel::error::Result) -> kernel::error::Result;
 }
 
 impl Bio {
     /// Sends the bio's I/O to `bdev` at `sector` through a clone sharing
     /// its pages, without waiting and without sleeping. When the clone
-    /// completes (in any context), `crate::snapimage::redirect_done`
+    /// completes (in any context), `to`'s [`RedirectDone::redirect_done`]
     /// turns its result into the bio's, and the bio ends. Gives the bio
     /// back if no clone was to be had without sleeping.
     ///
     /// # Safety
     ///
-    /// `bdev` and what `to.ctx` points at stay valid until the completion
-    /// has run.
-    pub(crate) unsafe fn redirect(
+    /// `bdev` and `to` stay valid until the completion has run.
+    pub(crate) unsafe fn redirect<T: RedirectDone>(
         self,
         bdev: &super::bdev::BlockDevice,
         sector: u64,
-        to: Redirect,
+        to: &T,
+        tag: u64,
     ) -> core::result::Result<(), Bio> {
-        // SAFETY: we hold the bio and the device is open; on success the
-        // clone's completion ends the bio, so we let go of it.
+        let ctx: *const T = to;
+        // SAFETY: we hold the bio and the device is open; `to` outlives the
+        // completion (the caller's guarantee), which gets it back as `ctx`
+        // in `redirect_done_of::<T>`. On success the clone's completion
+        // ends the bio, so we let go of it.
         let ret = unsafe {
-            bindings::blksnap_bio_redirect(self.0.as_ptr(), bdev.raw(), sector, to.ctx, to.tag)
+            bindings::blksnap_bio_redirect(
+                self.0.as_ptr(),
+                bdev.raw(),
+                sector,
+                Some(redirect_done_of::<T>),
+                ctx.cast(),
+                tag,
+            )
         };
         if ret != 0 {
             return Err(self);
@@ -240,14 +250,14 @@ impl Bio {
     }
 }
 
-/// Called by the shim when a clone sent on by [`Bio::redirect`] completes:
+/// The shim's completion of a clone sent on by [`Bio::redirect`] for a `T`:
 /// the errno (or 0) the original bio ends with.
 ///
 /// # Safety
 ///
-/// `ctx` and `tag` are those given to [`Bio::redirect`].
-#[no_mangle]
-unsafe extern "C" fn blksnap_redirect_done(
+/// `ctx` and `tag` are those [`Bio::redirect`] gave the shim: `ctx` points
+/// at a live `T`.
+unsafe extern "C" fn redirect_done_of<T: RedirectDone>(
     ctx: *const core::ffi::c_void,
     tag: u64,
     err: core::ffi::c_int,
@@ -257,8 +267,9 @@ unsafe extern "C" fn blksnap_redirect_done(
     } else {
         Err(kernel::error::Error::from_errno(err))
     };
-    // SAFETY: the caller's guarantee, passed on.
-    match unsafe { crate::snapimage::redirect_done(ctx, tag, result) } {
+    // SAFETY: `ctx` points at a live `T` (the caller's guarantee).
+    let to = unsafe { &*ctx.cast::<T>() };
+    match to.redirect_done(tag, result) {
         Ok(()) => 0,
         Err(e) => e.to_errno(),
     }

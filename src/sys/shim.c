@@ -273,6 +273,7 @@ static struct bio_set blksnap_bio_set;
 
 /* A clone sent on by blksnap_bio_redirect(), and where its completion goes. */
 struct blksnap_redirect {
+	blksnap_redirect_done_fn done;
 	const void *ctx;
 	u64 tag;
 	struct bio *orig;
@@ -400,15 +401,15 @@ static void blksnap_redirect_endio(struct bio *clone)
 	struct blksnap_redirect *r =
 		container_of(clone, struct blksnap_redirect, clone);
 	struct bio *orig = r->orig;
-	int err = blksnap_redirect_done(r->ctx, r->tag,
-					blk_status_to_errno(clone->bi_status));
+	int err = r->done(r->ctx, r->tag, blk_status_to_errno(clone->bi_status));
 
 	bio_put(clone);
 	blksnap_bio_end(orig, err);
 }
 
 int blksnap_bio_redirect(struct bio *orig, struct block_device *bdev,
-			 u64 sector, const void *ctx, u64 tag)
+			 u64 sector, blksnap_redirect_done_fn done,
+			 const void *ctx, u64 tag)
 {
 	struct bio *clone = bio_alloc_clone(bdev, orig, GFP_NOWAIT,
 					    &blksnap_redirect_set);
@@ -417,6 +418,7 @@ int blksnap_bio_redirect(struct bio *orig, struct block_device *bdev,
 	if (!clone)
 		return -ENOMEM;
 	r = container_of(clone, struct blksnap_redirect, clone);
+	r->done = done;
 	r->ctx = ctx;
 	r->tag = tag;
 	r->orig = orig;

@@ -94,13 +94,16 @@ struct blksnap_batch;
 struct blksnap_batch *blksnap_batch_new(void);
 void blksnap_batch_add(struct blksnap_batch *b, struct bio *bio);
 int blksnap_batch_wait(struct blksnap_batch *b);
+/* What a redirected bio's completion calls: the errno (or 0) the original
+ * bio ends with, given ctx, tag and the clone's errno. */
+typedef int (*blksnap_redirect_done_fn)(const void *ctx, u64 tag, int err);
 /* Sends orig's I/O to bdev at sector through a clone, without waiting (it
- * does not sleep); on completion orig ends with the errno that
- * blksnap_redirect_done() (Rust) makes of the clone's. -ENOMEM if there is
- * no clone to be had without sleeping. */
+ * does not sleep); on completion orig ends with the errno that done (Rust)
+ * makes of the clone's. -ENOMEM if there is no clone to be had without
+ * sleeping. */
 int blksnap_bio_redirect(struct bio *orig, struct block_device *bdev,
-			 u64 sector, const void *ctx, u64 tag);
-int blksnap_redirect_done(const void *ctx, u64 tag, int err);
+			 u64 sector, blksnap_redirect_done_fn done,
+			 const void *ctx, u64 tag);
 
 /* Whether a message user space caused may be logged now (rate limit). */
 bool blksnap_log_allowed(void);
