@@ -19,7 +19,6 @@ cd "$BLKSNAP_ROOT" || exit 1
 # Upcalls from sys/ that still name domain code: "file module".
 ALLOWED_UPCALLS=(
 	"src/sys/disk.rs snapimage"  # the image disk's submit_bio
-	"src/sys/hook.rs filter"     # the bio hook's entry
 	"src/sys/params.rs params"   # validation of a module parameter
 )
 # `unsafe` outside sys/: "file count".

@@ -25,6 +25,7 @@ use crate::{
     diff_area::{DiffArea, WriteNeed},
     sys::{
         bio::{Bio, DevIdentity, Op, Submitted},
+        hook::{bio_filter, BioFilter},
         sync::{PreemptOff, TakeBarrier},
         work, NoIo,
     },
@@ -41,10 +42,22 @@ struct Held {
     sectors: u64,
 }
 
+/// The bio filter, as the bio hook sees it.
+pub(crate) struct Filter;
+
+impl BioFilter for Filter {
+    #[inline(always)]
+    fn submit(bio: Submitted, preempt_off: &PreemptOff) -> Option<Submitted> {
+        submit(bio, preempt_off)
+    }
+}
+
+bio_filter!(Filter);
+
 /// Called for every bio submitted from outside the module, in the
 /// submitter's context with preemption disabled: gives the bio back to go
 /// on now, or takes it over to pass it on after copy-on-write.
-pub(crate) fn submit(bio: Submitted, preempt_off: &PreemptOff) -> Option<Submitted> {
+fn submit(bio: Submitted, preempt_off: &PreemptOff) -> Option<Submitted> {
     let info = bio.info();
     if info.op() != Op::Change || info.sectors() == 0 {
         return Some(bio);

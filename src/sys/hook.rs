@@ -4,7 +4,8 @@
 //! filter first.
 //!
 //! The C shim's ftrace ops on `submit_bio_noacct` shows each call made from
-//! outside the module to `blksnap_bio_filter`, in the submitter's context
+//! outside the module to `blksnap_bio_filter`, which [`bio_filter!`]
+//! defines for the module's [`BioFilter`], in the submitter's context
 //! with preemption disabled. The filter lets the bio go on with that call,
 //! or takes it over (the call then returns at once) and passes it on later
 //! from inside the module, where the ops lets it through. The module's own
@@ -38,16 +39,47 @@ impl Drop for BioHook {
     }
 }
 
-/// What the ftrace ops calls for `submit_bio_noacct(bio)`: whether the
-/// filter took the bio over.
+/// What the bio hook hands every bio to: the module's bio filter.
+pub(crate) trait BioFilter {
+    /// Called for every bio submitted from outside the module, in the
+    /// submitter's context with preemption disabled: gives the bio back to
+    /// go on now, or takes it over (and passes it on or ends it later).
+    fn submit(bio: Submitted, preempt_off: &PreemptOff) -> Option<Submitted>;
+}
+
+/// Makes `$filter`, a type implementing [`BioFilter`], the filter of the
+/// bio hook: defines the entry the shim's ftrace handler calls, which calls
+/// the filter directly (no indirect call on the path of every bio).
+macro_rules! bio_filter {
+    ($filter:ty) => {
+        /// The bio hook's entry, for `submit_bio_noacct(bio)`: whether the
+        /// filter took the bio over.
+        ///
+        /// # Safety
+        ///
+        /// As for `sys::hook::enter`; only the shim's ftrace handler calls it.
+        #[no_mangle]
+        unsafe extern "C" fn blksnap_bio_filter(bio: *mut $crate::sys::hook::RawBio) -> bool {
+            // SAFETY: the caller's guarantee, passed on.
+            unsafe { $crate::sys::hook::enter::<$filter>(bio) }
+        }
+    };
+}
+pub(crate) use bio_filter;
+
+/// The C `struct bio`, as the hook's entry receives it.
+pub(crate) type RawBio = bindings::bio;
+
+/// What the hook's entry does for `submit_bio_noacct(bio)`: whether `F`
+/// took the bio over.
 ///
 /// # Safety
 ///
 /// Called in the submitter's context, with preemption disabled, with the
 /// argument of that call; the call goes on with the bio unless this returns
 /// true.
-#[no_mangle]
-unsafe extern "C" fn blksnap_bio_filter(bio: *mut bindings::bio) -> bool {
+#[inline(always)]
+pub(crate) unsafe fn enter<F: BioFilter>(bio: *mut RawBio) -> bool {
     let Some(bio) = core::ptr::NonNull::new(bio) else {
         return false;
     };
@@ -57,5 +89,5 @@ unsafe extern "C" fn blksnap_bio_filter(bio: *mut bindings::bio) -> bool {
     // SAFETY: the shim's ftrace handler disables preemption around this
     // call, and the proof does not outlive it.
     let preempt_off = unsafe { PreemptOff::assume() };
-    crate::filter::submit(bio, &preempt_off).is_none()
+    F::submit(bio, &preempt_off).is_none()
 }
