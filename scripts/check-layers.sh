@@ -18,14 +18,12 @@ cd "$BLKSNAP_ROOT" || exit 1
 
 # Upcalls from sys/ that still name domain code: "file module".
 ALLOWED_UPCALLS=(
-	"src/sys/disk.rs snapimage"  # the image disk's submit_bio
 	"src/sys/params.rs params"   # validation of a module parameter
 )
 # `unsafe` outside sys/: "file count".
 ALLOWED_UNSAFE=(
 	"src/ctl.rs 1"       # unsafe impl FromBytes of a plain-data UAPI type
 	"src/diff_area.rs 1" # Bio::redirect: the area outlives its reads
-	"src/snapimage.rs 1" # the image disk's private data
 	"src/tracker.rs 1"   # the tracker index's static initialiser
 )
 

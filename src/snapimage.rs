@@ -21,7 +21,7 @@ use crate::{
     diff_area::DiffArea,
     sys::{
         bio::Bio,
-        disk::{ImageDisk, ImageMajor},
+        disk::{image_disk, DiskOperations, ImageDisk, ImageMajor},
         work, NoIo,
     },
 };
@@ -95,7 +95,7 @@ pub(crate) struct Image {
 /// the disk, waits for the reads it sent on, then frees its minor.
 pub(crate) struct ImageHandle {
     /// `None` only while dropping.
-    disk: Option<ImageDisk>,
+    disk: Option<ImageDisk<Image>>,
     image: Arc<Image>,
     major: u32,
     /// Last: freed once the disk is gone.
@@ -114,18 +114,14 @@ impl ImageHandle {
         let chunk_sectors = u32::try_from(area.chunk_sectors()).map_err(|_| EFBIG)?;
         let capacity = area.capacity();
         let image = Arc::new(Image { area }, GFP_KERNEL)?;
-        // SAFETY: `image` is kept alive by the handle for as long as the
-        // disk, which is dropped first.
-        let disk = unsafe {
-            ImageDisk::create(
-                major,
-                minor.number,
-                &name,
-                capacity,
-                chunk_sectors,
-                core::ptr::from_ref::<Image>(&image).cast(),
-            )?
-        };
+        let disk = ImageDisk::create(
+            major,
+            minor.number,
+            &name,
+            capacity,
+            chunk_sectors,
+            image.clone(),
+        )?;
         Ok(ImageHandle {
             disk: Some(disk),
             image,
@@ -151,10 +147,19 @@ struct ImageBio {
     bio: Bio,
 }
 
+impl DiskOperations for Image {
+    #[inline(always)]
+    fn submit_bio(this: ArcBorrow<'_, Self>, bio: Bio) {
+        submit(this, bio)
+    }
+}
+
+image_disk!(Image);
+
 /// Called by the image disk for each bio (see `sys::disk`): reads go on
 /// to the device holding their data when that needs no waiting, everything
 /// else to the worker.
-pub(crate) fn submit(image: ArcBorrow<'_, Image>, bio: Bio) {
+fn submit(image: ArcBorrow<'_, Image>, bio: Bio) {
     let Some(bio) = image.area.read_fast(bio) else {
         return;
     };

@@ -1,20 +1,67 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Snapshot image disks: the block major they share ([`ImageMajor`]) and one
-//! bio-based disk per image ([`ImageDisk`]), whose bios go to
-//! `crate::snapimage::submit`.
+//! bio-based disk per image ([`ImageDisk`]), whose bios go to the
+//! [`DiskOperations`] of its data, the type that [`image_disk!`] names.
 //!
 //! Each disk's limits keep a bio to at most 1 MiB or one chunk, whichever
 //! is larger, and `bio_split_to_limits` enforces them before the image sees
 //! a bio; the image splits further at chunk boundaries where it must.
 //!
 //! Locking: none of its own. The disk's `private_data` is the address of the
-//! image that owns the [`ImageDisk`]; `del_gendisk` (in `Drop`) returns only
-//! when no call into `submit_bio` is left, so the image outlives them all.
+//! data the [`ImageDisk`] holds a reference to; `del_gendisk` (in `Drop`)
+//! returns only when no call into `submit_bio` is left, so the data outlives
+//! them all.
 
 use super::{bindings, bio::Bio};
-use crate::snapimage::Image;
-use kernel::{error::from_err_ptr, prelude::*, str::CStr, sync::ArcBorrow};
+use kernel::{
+    error::from_err_ptr,
+    prelude::*,
+    str::CStr,
+    sync::{Arc, ArcBorrow},
+};
+
+/// What an image disk does with its bios.
+pub(crate) trait DiskOperations: Send + Sync + Sized {
+    /// Serves `bio`, in the block layer's submit path (it may not wait for
+    /// I/O of its own): passes it on, ends it, or hands it to a worker.
+    fn submit_bio(this: ArcBorrow<'_, Self>, bio: Bio);
+}
+
+/// The one type whose [`DiskOperations`] the image disks' `submit_bio`
+/// calls.
+///
+/// # Safety
+///
+/// Implemented only by [`image_disk!`], for the type its entry casts the
+/// disks' private data to.
+pub(crate) unsafe trait ImageDiskData: DiskOperations {}
+
+/// Makes `$data`, a type implementing [`DiskOperations`], the data of the
+/// image disks: defines their `submit_bio`, which calls `$data`'s directly.
+/// Once per module.
+macro_rules! image_disk {
+    ($data:ty) => {
+        /// The image disks' `submit_bio` (see `sys::disk`).
+        ///
+        /// # Safety
+        ///
+        /// As for `sys::disk::submit_bio`; only the block layer calls it.
+        #[no_mangle]
+        unsafe extern "C" fn blksnap_image_submit_bio(bio: *mut $crate::sys::disk::RawBio) {
+            // SAFETY: the caller's guarantee, passed on.
+            unsafe { $crate::sys::disk::submit_bio::<$data>(bio) }
+        }
+
+        // SAFETY: the entry above casts every image disk's private data to
+        // `$data`, and only `ImageDisk<$data>` can be created.
+        unsafe impl $crate::sys::disk::ImageDiskData for $data {}
+    };
+}
+pub(crate) use image_disk;
+
+/// The C `struct bio`, as the disks' `submit_bio` receives it.
+pub(crate) type RawBio = bindings::bio;
 
 /// The dynamic block major of all image disks.
 pub(crate) struct ImageMajor(u32);
@@ -42,38 +89,39 @@ impl Drop for ImageMajor {
     }
 }
 
-/// One image disk, `/dev/<name>`.
+/// One image disk, `/dev/<name>`, serving its bios with `T`.
 ///
 /// # Invariants
 ///
-/// `disk` was added by `blksnap_disk_create` and is removed only by `Drop`.
-pub(crate) struct ImageDisk {
+/// `disk` was added by `blksnap_disk_create` with the address of `*_data` as
+/// its private data and is removed only by `Drop`.
+pub(crate) struct ImageDisk<T: ImageDiskData> {
     disk: *mut bindings::gendisk,
+    /// Only kept: its address is the disk's private data until `Drop`
+    /// removed the disk.
+    _data: Arc<T>,
 }
 
-// SAFETY: the disk may be removed from any thread in process context.
-unsafe impl Send for ImageDisk {}
+// SAFETY: the disk may be removed from any thread in process context; `T`
+// is `Send + Sync`.
+unsafe impl<T: ImageDiskData> Send for ImageDisk<T> {}
 // SAFETY: no method but `Drop` touches the disk.
-unsafe impl Sync for ImageDisk {}
+unsafe impl<T: ImageDiskData> Sync for ImageDisk<T> {}
 
-impl ImageDisk {
-    /// Creates and adds the disk. Its bios reach
-    /// `crate::snapimage::submit(private, ..)`.
-    ///
-    /// # Safety
-    ///
-    /// `private` must point at the `Image` inside an `Arc` that stays alive
-    /// until the returned value is dropped.
-    pub(crate) unsafe fn create(
+impl<T: ImageDiskData> ImageDisk<T> {
+    /// Creates and adds the disk. Its bios go to `T::submit_bio(data, ..)`
+    /// until it is dropped.
+    pub(crate) fn create(
         major: &ImageMajor,
         minor: u32,
         name: &CStr,
         capacity: u64,
         chunk_sectors: u32,
-        private: *const core::ffi::c_void,
+        data: Arc<T>,
     ) -> Result<Self> {
-        // SAFETY: `name` is NUL-terminated; `private` is valid as long as the
-        // disk (the caller's guarantee).
+        let private = core::ptr::from_ref::<T>(&data);
+        // SAFETY: `name` is NUL-terminated; `private` stays valid as long
+        // as the disk: the value keeps `data` until after `Drop` removed it.
         let disk = from_err_ptr(unsafe {
             bindings::blksnap_disk_create(
                 major.0 as i32,
@@ -84,35 +132,40 @@ impl ImageDisk {
                 private.cast_mut().cast(),
             )
         })?;
-        Ok(ImageDisk { disk })
+        // INVARIANT: added with `data`'s address, which the value keeps.
+        Ok(ImageDisk { disk, _data: data })
     }
 }
 
-impl Drop for ImageDisk {
+impl<T: ImageDiskData> Drop for ImageDisk<T> {
     fn drop(&mut self) {
-        // SAFETY: added by `create` (the invariant), removed once.
+        // SAFETY: added by `create` (the invariant), removed once; `_data`
+        // is dropped after this returns, when no `submit_bio` is left.
         unsafe { bindings::blksnap_disk_destroy(self.disk) };
     }
 }
 
-/// The image disks' `submit_bio`.
+/// What the image disks' `submit_bio` does, for the data type `T` that
+/// [`image_disk!`] named.
 ///
 /// # Safety
 ///
-/// Called by the block layer with a bio for one of our disks.
-#[no_mangle]
-unsafe extern "C" fn blksnap_image_submit_bio(bio: *mut bindings::bio) {
+/// Called by the block layer with a bio for one of the image disks, all of
+/// which are `ImageDisk<T>`.
+#[inline(always)]
+pub(crate) unsafe fn submit_bio<T: ImageDiskData>(bio: *mut RawBio) {
     // SAFETY: splitting is the driver's job for bio-based disks; the
     // remainder is resubmitted by the block layer.
     let bio = unsafe { bindings::bio_split_to_limits(bio) };
-    // SAFETY: the disk's private data is its image (see `create`).
+    // SAFETY: a bio for one of the image disks (the caller's guarantee).
     let private = unsafe { bindings::blksnap_bio_disk_private(bio) };
     // SAFETY: the block layer hands the bio to us.
     let Some(bio) = (unsafe { Bio::from_raw(bio) }) else {
         return;
     };
-    // SAFETY: `private` is the `Arc<Image>` of the handle that owns this
-    // disk, alive while the disk is (see `create`).
-    let image = unsafe { ArcBorrow::from_raw(private.cast_const().cast::<Image>()) };
-    crate::snapimage::submit(image, bio);
+    // SAFETY: `private` is the address of the `Arc<T>`'s data the disk's
+    // `ImageDisk<T>` holds until the disk is removed (the invariant), and
+    // the block layer is inside the disk's `submit_bio`.
+    let data = unsafe { ArcBorrow::from_raw(private.cast_const().cast::<T>()) };
+    T::submit_bio(data, bio);
 }
