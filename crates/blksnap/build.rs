@@ -64,7 +64,7 @@ fn llvm_libclang_dir() -> Option<PathBuf> {
             Some((version, name))
         })
         .collect();
-    versioned.sort_by(|a, b| b.0.cmp(&a.0));
+    versioned.sort_by_key(|(version, _)| std::cmp::Reverse(*version));
     env::var_os("LLVM_CONFIG_PATH")
         .into_iter()
         .chain([OsString::from("llvm-config")])
