@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::libc;
 
-use crate::error::{Error, Result};
+use crate::error::{io_err, Error, Result};
 use crate::types::{DevId, SectorRange, SECTOR_SIZE};
 
 /// The alignment the module requires of storage ranges, in bytes (a page).
@@ -209,16 +209,6 @@ fn file_err<'a>(op: &'static str, path: &'a Path) -> impl Fn(Errno) -> Error + '
         op,
         path: path.to_path_buf(),
         errno,
-    }
-}
-
-pub(crate) fn io_err(op: &'static str, path: &Path, e: &std::io::Error) -> Error {
-    Error::File {
-        op,
-        path: path.to_path_buf(),
-        errno: e
-            .raw_os_error()
-            .map_or(Errno::UnknownErrno, Errno::from_raw),
     }
 }
 

@@ -12,8 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{backup_err, Geometry, FORMAT};
-use crate::error::Result;
-use crate::storage::io_err;
+use crate::error::{io_err, Result};
 use crate::types::{CbtInfo, DevId};
 
 /// The metadata file of a backup directory.

@@ -9,8 +9,7 @@ use std::path::Path;
 
 use super::image::{all_zero, for_each_block};
 use super::{block_hash, BlockRange, Geometry, IncrementalHeader};
-use crate::error::Result;
-use crate::storage::io_err;
+use crate::error::{io_err, Result};
 
 /// What a copy did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -10,8 +10,7 @@ use uuid::Uuid;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::{backup_err, BlockRange, Geometry, FORMAT};
-use crate::error::Result;
-use crate::storage::io_err;
+use crate::error::{io_err, Result};
 
 /// The magic number at the start of an incremental file.
 pub const INCREMENTAL_MAGIC: &[u8; 8] = b"BLKSNAPI";

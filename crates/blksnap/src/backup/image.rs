@@ -10,8 +10,7 @@ use std::path::Path;
 use nix::libc;
 
 use super::{BlockRange, Geometry};
-use crate::error::Result;
-use crate::storage::io_err;
+use crate::error::{io_err, Result};
 
 /// How much is read or written at once (at least one block).
 pub(super) const BATCH_BYTES: u64 = 8 << 20;

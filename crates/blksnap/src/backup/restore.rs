@@ -14,8 +14,7 @@ use super::{
     backup_err, open_read, size_of, BackupEntry, BlockRange, DeviceChain, Geometry,
     IncrementalHeader, Kind,
 };
-use crate::error::Result;
-use crate::storage::io_err;
+use crate::error::{io_err, Result};
 
 /// Applies one incremental file to `dst`; returns the bytes written.
 pub fn apply_incremental(

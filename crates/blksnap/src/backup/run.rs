@@ -15,8 +15,7 @@ use super::{
     write_incremental, write_sums, BackupEntry, BlockRange, Chain, FullReason, Geometry,
     IncrementalHeader, Kind, Plan,
 };
-use crate::error::Result;
-use crate::storage::io_err;
+use crate::error::{io_err, Result};
 use crate::types::{CbtInfo, DevId};
 
 /// What [`BackupRun::prepare`] decided for a device.

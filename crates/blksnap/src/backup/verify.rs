@@ -12,8 +12,7 @@ use super::{
     backup_err, block_hash, open_read, read_sums, size_of, BlockRange, DeviceChain, Geometry,
     IncrementalHeader, Kind,
 };
-use crate::error::Result;
-use crate::storage::io_err;
+use crate::error::{io_err, Result};
 
 /// Hashes every block of `image` and returns the blocks whose hash differs
 /// from `sums`.
