@@ -165,10 +165,10 @@ pub fn extents_to_ranges(extents: &[Extent]) -> std::result::Result<Vec<SectorRa
     Ok(merge_ranges(ranges))
 }
 
-// `struct fiemap_extent` and `struct fiemap` of `<linux/fiemap.h>`, which
-// no crate of the kernel's UAPI provides (their constants and the request
-// number come from `linux-raw-sys`); the checks below hold them to the
-// kernel's sizes.
+// `struct fiemap_extent` and `struct fiemap` of `<linux/fiemap.h>`:
+// linux-raw-sys has the request number and the flags but not the structs
+// (nor has libc), so they are written out here and checked below against
+// the kernel's sizes.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct FiemapExtentRaw {
