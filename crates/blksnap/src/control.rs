@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 
-use crate::error::{Error, Result};
+use crate::error::{os_errno, Error, Result};
 use crate::types::{CbtInfo, DevId, Event, ImageInfo, SectorRange, SnapshotId, Version};
 use crate::uapi;
 
@@ -165,9 +165,7 @@ impl Control {
             .open(path)
             .map_err(|e| Error::Open {
                 path: path.to_path_buf(),
-                errno: e
-                    .raw_os_error()
-                    .map_or(Errno::UnknownErrno, Errno::from_raw),
+                errno: os_errno(&e),
             })?;
         Ok(Control {
             file,

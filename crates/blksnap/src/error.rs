@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
-//! The error type of the crate.
+//! The error type of the crate, and the one mapping of an I/O error to its
+//! errno.
 
-use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 
@@ -14,11 +14,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Each variant that comes from a system call keeps its errno, so callers can
 /// react to a specific condition (see [`Error::errno`]). `Display` gives a
 /// message that explains what the errno means for this interface, in the
-/// form `<op>: <message> (<ERRNO>)`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// form `<op>: <message> (<ERRNO>)` ([`Error::op`], [`Error::message`],
+/// [`Error::errno`]); a [`Error::Parse`] shows only the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// Opening the control device failed.
+    #[error("open {path}: {} ({errno:?})", open_message(*.errno))]
     Open {
         /// The path that was opened.
         path: PathBuf,
@@ -26,6 +28,7 @@ pub enum Error {
         errno: Errno,
     },
     /// An ioctl on the control device failed.
+    #[error("{op}: {} ({errno:?})", ioctl_message(op, *.errno))]
     Ioctl {
         /// The operation, named as the ioctl without its prefix
         /// (for example `"snapshot_create"`).
@@ -34,6 +37,7 @@ pub enum Error {
         errno: Errno,
     },
     /// `stat(2)` of a path failed.
+    #[error("stat {path}: {} ({errno:?})", .errno.desc().to_lowercase())]
     Stat {
         /// The path given.
         path: PathBuf,
@@ -41,11 +45,13 @@ pub enum Error {
         errno: Errno,
     },
     /// A path that should name a block device names something else.
+    #[error("{path}: not a block device (ENOTBLK)")]
     NotBlockDevice {
         /// The path given.
         path: PathBuf,
     },
     /// An argument was refused before reaching the module.
+    #[error("{op}: {reason} (EINVAL)")]
     InvalidArgument {
         /// The operation the argument was for.
         op: &'static str,
@@ -53,6 +59,7 @@ pub enum Error {
         reason: &'static str,
     },
     /// The module answered in a way the protocol does not allow.
+    #[error("{op}: {reason}")]
     Protocol {
         /// The operation that got the answer.
         op: &'static str,
@@ -61,6 +68,7 @@ pub enum Error {
     },
     /// A file or block device operation failed (difference storage files,
     /// backup files, snapshot images).
+    #[error("{op} {path}: {} ({errno:?})", file_message(op, *.errno))]
     File {
         /// The operation, for example `"fallocate"` or `"read"`.
         op: &'static str,
@@ -70,6 +78,7 @@ pub enum Error {
         errno: Errno,
     },
     /// A file cannot serve as difference storage.
+    #[error("{path}: {reason}")]
     Storage {
         /// The file.
         path: PathBuf,
@@ -77,13 +86,17 @@ pub enum Error {
         reason: String,
     },
     /// A backup directory, its metadata or one of its files is unusable.
+    #[error("{path}: {reason}")]
     Backup {
         /// The file or directory concerned.
         path: PathBuf,
         /// What is wrong.
         reason: String,
     },
-    /// A string could not be parsed.
+    /// A string could not be parsed. Shown after the value's context (a
+    /// command-line option, a line of a file...), so its message has no
+    /// operation.
+    #[error("expected {what}, got {input:?}")]
     Parse {
         /// What was expected (for example `"a device id MAJOR:MINOR"`).
         what: &'static str,
@@ -170,6 +183,26 @@ pub fn errno_name(errno: Errno) -> String {
     format!("{errno:?}")
 }
 
+/// The errno of an I/O error: the code of the system call that failed,
+/// `None` for an error that did not come from one.
+pub fn io_errno(e: &std::io::Error) -> Option<Errno> {
+    e.raw_os_error().map(Errno::from_raw)
+}
+
+/// [`io_errno`] for the errno fields of [`Error`].
+pub(crate) fn os_errno(e: &std::io::Error) -> Errno {
+    io_errno(e).unwrap_or(Errno::UnknownErrno)
+}
+
+/// The [`Error::File`] of the I/O error `e` of operation `op` on `path`.
+pub(crate) fn io_err(op: &'static str, path: &Path, e: &std::io::Error) -> Error {
+    Error::File {
+        op,
+        path: path.to_path_buf(),
+        errno: os_errno(e),
+    }
+}
+
 fn open_message(errno: Errno) -> &'static str {
     match errno {
         Errno::ENOENT => "no such file: is the blksnap module loaded?",
@@ -246,23 +279,6 @@ fn ioctl_message(op: &str, errno: Errno) -> &'static str {
         _ => errno.desc(),
     }
 }
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Error::Parse { .. } = self {
-            // Shown after the value's context (a command-line option, a
-            // line of a file...), so the operation would only repeat it.
-            return f.write_str(&self.message());
-        }
-        write!(f, "{}: {}", self.op(), self.message())?;
-        if let Some(errno) = self.errno() {
-            write!(f, " ({})", errno_name(errno))?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for Error {}
 
 #[cfg(test)]
 mod tests {
@@ -382,5 +398,67 @@ mod tests {
             reason: "the count kept growing",
         };
         assert_eq!(e.to_string(), "snapshot_collect: the count kept growing");
+    }
+
+    /// `Display` is `<op>: <message> (<ERRNO>)` for every variant but
+    /// `Parse`, from the same parts the methods give.
+    #[test]
+    fn display_is_op_message_errno() {
+        let all = [
+            Error::Open {
+                path: "/dev/blksnap".into(),
+                errno: Errno::EACCES,
+            },
+            Error::Ioctl {
+                op: "tracker_remove",
+                errno: Errno::ENODEV,
+            },
+            Error::Stat {
+                path: "/x".into(),
+                errno: Errno::ENOENT,
+            },
+            Error::NotBlockDevice { path: "/x".into() },
+            Error::InvalidArgument {
+                op: "snapshot_create",
+                reason: "no devices",
+            },
+            Error::Protocol {
+                op: "snapshot_collect",
+                reason: "bad count",
+            },
+            Error::File {
+                op: "fallocate",
+                path: "/x".into(),
+                errno: Errno::ENOSPC,
+            },
+            Error::Storage {
+                path: "/x".into(),
+                reason: "shared extents".into(),
+            },
+            Error::Backup {
+                path: "/b".into(),
+                reason: "bad metadata".into(),
+            },
+        ];
+        for e in all {
+            let mut want = format!("{}: {}", e.op(), e.message());
+            if let Some(errno) = e.errno() {
+                want += &format!(" ({})", errno_name(errno));
+            }
+            assert_eq!(e.to_string(), want);
+        }
+    }
+
+    #[test]
+    fn io_errors() {
+        let e = std::io::Error::from_raw_os_error(Errno::EROFS as i32);
+        assert_eq!(io_errno(&e), Some(Errno::EROFS));
+        assert_eq!(
+            io_err("write", Path::new("/x"), &e).to_string(),
+            "write /x: read-only file system (EROFS)"
+        );
+        let e = std::io::Error::other("not from a system call");
+        assert_eq!(io_errno(&e), None);
+        assert_eq!(os_errno(&e), Errno::UnknownErrno);
     }
 }

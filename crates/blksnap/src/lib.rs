@@ -54,7 +54,7 @@ mod types;
 pub mod uapi;
 
 pub use control::{Control, DEFAULT_CONTROL_PATH};
-pub use error::{errno_name, Error, Result};
+pub use error::{errno_name, io_errno, Error, Result};
 pub use nix::errno::Errno;
 pub use session::{DirectoryStorage, Session, SessionBuilder, SessionEvent, StorageSpec};
 pub use types::{CbtInfo, DevId, Event, ImageInfo, SectorRange, SnapshotId, Version, SECTOR_SIZE};

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 
 use crate::control::{Control, DEFAULT_CONTROL_PATH};
-use crate::error::{Error, Result};
+use crate::error::{io_err, Error, Result};
 use crate::storage::{total_sectors, StorageFile, STORAGE_ALIGNMENT};
 use crate::types::{DevId, Event, ImageInfo, SectorRange, SnapshotId, SECTOR_SIZE};
 
@@ -307,13 +307,7 @@ impl SessionBuilder {
         let thread = std::thread::Builder::new()
             .name("blksnap-events".into())
             .spawn(move || shared.watch(poll))
-            .map_err(|e| Error::File {
-                op: "spawn",
-                path: PathBuf::from("blksnap-events"),
-                errno: e
-                    .raw_os_error()
-                    .map_or(Errno::UnknownErrno, Errno::from_raw),
-            })?;
+            .map_err(|e| io_err("spawn", Path::new("blksnap-events"), &e))?;
         session.thread = Some(thread);
         Ok(session)
     }

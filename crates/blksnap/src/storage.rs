@@ -32,10 +32,11 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use linux_raw_sys::ioctl::{self, FIEMAP_FLAG_SYNC, FS_IOC_FIEMAP};
 use nix::errno::Errno;
 use nix::libc;
 
-use crate::error::{Error, Result};
+use crate::error::{io_err, Error, Result};
 use crate::types::{DevId, SectorRange, SECTOR_SIZE};
 
 /// The alignment the module requires of storage ranges, in bytes (a page).
@@ -45,26 +46,26 @@ pub const STORAGE_ALIGNMENT: u64 = 4096;
 const SECTORS_PER_PAGE: u64 = STORAGE_ALIGNMENT / SECTOR_SIZE;
 
 /// `FIEMAP_EXTENT_LAST`: the last extent of the file.
-pub const FIEMAP_EXTENT_LAST: u32 = 0x0001;
+pub const FIEMAP_EXTENT_LAST: u32 = ioctl::FIEMAP_EXTENT_LAST;
 /// `FIEMAP_EXTENT_UNKNOWN`: the location is not known.
-pub const FIEMAP_EXTENT_UNKNOWN: u32 = 0x0002;
+pub const FIEMAP_EXTENT_UNKNOWN: u32 = ioctl::FIEMAP_EXTENT_UNKNOWN;
 /// `FIEMAP_EXTENT_DELALLOC`: delayed allocation, no location yet.
-pub const FIEMAP_EXTENT_DELALLOC: u32 = 0x0004;
+pub const FIEMAP_EXTENT_DELALLOC: u32 = ioctl::FIEMAP_EXTENT_DELALLOC;
 /// `FIEMAP_EXTENT_ENCODED`: the data is encoded (compressed...).
-pub const FIEMAP_EXTENT_ENCODED: u32 = 0x0008;
+pub const FIEMAP_EXTENT_ENCODED: u32 = ioctl::FIEMAP_EXTENT_ENCODED;
 /// `FIEMAP_EXTENT_DATA_ENCRYPTED`: the data is encrypted.
-pub const FIEMAP_EXTENT_DATA_ENCRYPTED: u32 = 0x0080;
+pub const FIEMAP_EXTENT_DATA_ENCRYPTED: u32 = ioctl::FIEMAP_EXTENT_DATA_ENCRYPTED;
 /// `FIEMAP_EXTENT_NOT_ALIGNED`: the extent is not block-aligned.
-pub const FIEMAP_EXTENT_NOT_ALIGNED: u32 = 0x0100;
+pub const FIEMAP_EXTENT_NOT_ALIGNED: u32 = ioctl::FIEMAP_EXTENT_NOT_ALIGNED;
 /// `FIEMAP_EXTENT_DATA_INLINE`: the data lives in metadata.
-pub const FIEMAP_EXTENT_DATA_INLINE: u32 = 0x0200;
+pub const FIEMAP_EXTENT_DATA_INLINE: u32 = ioctl::FIEMAP_EXTENT_DATA_INLINE;
 /// `FIEMAP_EXTENT_DATA_TAIL`: the data is packed with other files' tails.
-pub const FIEMAP_EXTENT_DATA_TAIL: u32 = 0x0400;
+pub const FIEMAP_EXTENT_DATA_TAIL: u32 = ioctl::FIEMAP_EXTENT_DATA_TAIL;
 /// `FIEMAP_EXTENT_UNWRITTEN`: allocated but not written (what `fallocate`
 /// gives; fine for difference storage).
-pub const FIEMAP_EXTENT_UNWRITTEN: u32 = 0x0800;
+pub const FIEMAP_EXTENT_UNWRITTEN: u32 = ioctl::FIEMAP_EXTENT_UNWRITTEN;
 /// `FIEMAP_EXTENT_SHARED`: the blocks are shared with another file.
-pub const FIEMAP_EXTENT_SHARED: u32 = 0x2000;
+pub const FIEMAP_EXTENT_SHARED: u32 = ioctl::FIEMAP_EXTENT_SHARED;
 
 /// Extent flags that make an extent unusable as difference storage: its
 /// sectors are unknown, not the file's alone, or not plain data.
@@ -164,6 +165,10 @@ pub fn extents_to_ranges(extents: &[Extent]) -> std::result::Result<Vec<SectorRa
     Ok(merge_ranges(ranges))
 }
 
+// `struct fiemap_extent` and `struct fiemap` of `<linux/fiemap.h>`:
+// linux-raw-sys has the request number and the flags but not the structs
+// (nor has libc), so they are written out here and checked below against
+// the kernel's sizes.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct FiemapExtentRaw {
@@ -188,11 +193,14 @@ struct FiemapRaw {
     fm_extents: [FiemapExtentRaw; FIEMAP_BATCH],
 }
 
-const FIEMAP_FLAG_SYNC: u32 = 0x0001;
-/// `FS_IOC_FIEMAP`: `_IOWR('f', 11, struct fiemap)` (32-byte header).
-const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+// The size of `struct fiemap` is in its request number (13 or 14 bits
+// from bit 16, depending on the architecture); an extent is 56 bytes.
+const _: () =
+    assert!((FS_IOC_FIEMAP >> 16) & 0x1fff == std::mem::offset_of!(FiemapRaw, fm_extents) as u32);
+const _: () = assert!(std::mem::size_of::<FiemapExtentRaw>() == 56);
+
 /// `FS_IMMUTABLE_FL` of `FS_IOC_GETFLAGS`.
-const FS_IMMUTABLE_FL: libc::c_int = 0x10;
+const FS_IMMUTABLE_FL: libc::c_int = linux_raw_sys::general::FS_IMMUTABLE_FL as libc::c_int;
 
 /// The raw ioctls (private: the macros make public functions).
 mod sys {
@@ -209,16 +217,6 @@ fn file_err<'a>(op: &'static str, path: &'a Path) -> impl Fn(Errno) -> Error + '
         op,
         path: path.to_path_buf(),
         errno,
-    }
-}
-
-pub(crate) fn io_err(op: &'static str, path: &Path, e: &std::io::Error) -> Error {
-    Error::File {
-        op,
-        path: path.to_path_buf(),
-        errno: e
-            .raw_os_error()
-            .map_or(Errno::UnknownErrno, Errno::from_raw),
     }
 }
 

@@ -6,10 +6,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use nix::errno::Errno;
 use uuid::Uuid;
 
-use crate::error::{Error, Result};
+use crate::error::{os_errno, Error, Result};
 use crate::uapi;
 
 /// The size in bytes of a sector, the unit of every range of the interface.
@@ -107,9 +106,7 @@ impl DevId {
 fn stat(path: &Path) -> Result<std::fs::Metadata> {
     std::fs::metadata(path).map_err(|e| Error::Stat {
         path: path.to_path_buf(),
-        errno: e
-            .raw_os_error()
-            .map_or(Errno::UnknownErrno, Errno::from_raw),
+        errno: os_errno(&e),
     })
 }
 
@@ -416,6 +413,7 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::errno::Errno;
     use std::mem::{offset_of, size_of};
 
     #[test]

@@ -8,7 +8,7 @@ pub mod tracker;
 use std::fmt;
 use std::path::Path;
 
-use blksnap::{errno_name, Control, DevId, Errno};
+use blksnap::{errno_name, io_errno, Control, DevId, Errno};
 
 use crate::cli::{Cli, Command};
 use crate::output::{Output, Record};
@@ -44,7 +44,7 @@ impl Failure {
 
     /// A failure of a plain I/O operation on a file.
     pub fn io(op: impl Into<String>, err: &std::io::Error) -> Self {
-        let errno = err.raw_os_error().map(Errno::from_raw);
+        let errno = io_errno(err);
         let message = match errno {
             Some(errno) => errno.desc().to_lowercase(),
             None => err.to_string(),
