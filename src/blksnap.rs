@@ -19,6 +19,9 @@ mod cbt_map;
 // Kernel-free logic shared with the host tests (see `cbt_map`).
 #[allow(unreachable_pub)]
 mod chunk_bits;
+// Kernel-free logic shared with the host tests (see `cbt_map`).
+#[allow(unreachable_pub)]
+mod chunk_geometry;
 mod ctl;
 mod diff_area;
 // Kernel-free logic shared with the host tests (see `cbt_map`).
@@ -30,9 +33,23 @@ mod filter;
 mod params;
 mod snapimage;
 mod snapshot;
+mod storage;
 mod sys;
 mod tracker;
 mod uapi;
+
+// The nine module parameters: `int`s whose writes are range-checked.
+sys::params::int_params!(params::Params, check: params::check_value, {
+    tracking_block_minimum_shift => blksnap_param_tracking_block_minimum_shift,
+    tracking_block_maximum_shift => blksnap_param_tracking_block_maximum_shift,
+    tracking_block_maximum_count => blksnap_param_tracking_block_maximum_count,
+    chunk_minimum_shift => blksnap_param_chunk_minimum_shift,
+    chunk_maximum_shift => blksnap_param_chunk_maximum_shift,
+    chunk_maximum_count => blksnap_param_chunk_maximum_count,
+    chunk_maximum_in_cache => blksnap_param_chunk_maximum_in_cache,
+    free_diff_buffer_pool_size => blksnap_param_free_diff_buffer_pool_size,
+    diff_storage_minimum => blksnap_param_diff_storage_minimum,
+});
 
 sys::compat::kernel_module! {
     type: Blksnap,
@@ -55,7 +72,7 @@ struct Blksnap {
 
 impl kernel::Module for Blksnap {
     fn init(module: &'static ThisModule) -> Result<Self> {
-        if let Err(e) = sys::params::current().check() {
+        if let Err(e) = params::Params::current().check() {
             pr_err!("parameter {}\n", format_args!("{e}"));
             return Err(EINVAL);
         }

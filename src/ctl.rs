@@ -35,6 +35,7 @@ use crate::sys::compat::prelude::*;
 use crate::sys::compat::{user_slice, FromBytes};
 use crate::{
     cbt_map::copy_prefix,
+    params::Params,
     snapimage::Minors,
     snapshot::{Snapshot, TakeContext},
     sys::{self, bdev, disk::ImageMajor, errno, miscdev::FileOps, CowQueue},
@@ -342,7 +343,7 @@ impl Control {
             }
             devs.push(dev, GFP_KERNEL)?;
         }
-        let params = sys::params::current();
+        let params = Params::current();
         let mut state = self.state.lock();
         if devs.iter().any(|&d| state.snapshot_of_device(d).is_some()) {
             return Err(errno::ealready());
@@ -412,7 +413,7 @@ impl Control {
 
     fn snapshot_take(&self, arg: usize) -> Result<isize> {
         let a: blk_snap_snapshot_take = read_arg(arg)?;
-        let params = sys::params::current();
+        let params = Params::current();
         let state = self.state.lock();
         let snapshot = state.snapshot(&a.id)?.clone();
         snapshot.take(

@@ -12,11 +12,12 @@
 
 use crate::sys::compat::prelude::*;
 use crate::{
-    diff_area::{DiffArea, Storage},
+    diff_area::DiffArea,
     diff_storage,
     event_queue::EventQueue,
     params::Params,
     snapimage::{ImageHandle, Minors},
+    storage::Storage,
     sys::{bdev, disk::ImageMajor, errno, sync::TakeBarrier, CowQueue},
     tracker::{random_uuid, Tracker},
     uapi,

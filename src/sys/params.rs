@@ -1,66 +1,89 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Storage of the module parameters and the callback that validates every
-//! value written to them.
+//! Module parameters of type `int` whose every write is checked first:
+//! [`int_params!`] defines their storage and the `set` callback, [`set`]
+//! does the parsing and the storing.
 //!
-//! The C shim registers each parameter with `module_param_cb`, pointing at a
-//! static below and at `blksnap_param_set`. A value is checked against its
-//! range (`crate::params`) before it is stored, so an out-of-range value makes
-//! `insmod` fail with `EINVAL`, and a sysfs write of one is refused.
+//! The C shim registers each parameter with `module_param_cb`, pointing at
+//! one of the statics the macro defines and at `blksnap_param_set`. A value
+//! is checked (by the check the macro is given) before it is stored, so an
+//! out-of-range value makes `insmod` fail with `EINVAL`, and a sysfs write
+//! of one is refused.
 //!
 //! Locking: the kernel serializes writes (the module's parameter lock); each
-//! value is an atomic `int` read with relaxed loads, and [`current`] copies
-//! them all for a caller that needs a consistent set.
+//! value is an atomic `int` read with relaxed loads, and the generated
+//! `current` copies them all for a caller that needs a consistent set.
 
 use super::bindings;
-use crate::params::{self, Params};
-use core::sync::atomic::{AtomicI32, Ordering};
+use core::{
+    fmt::Display,
+    sync::atomic::{AtomicI32, Ordering},
+};
 use kernel::{
     ffi::{c_char, c_int},
     prelude::*,
     str::CStr,
 };
 
-macro_rules! storage {
-    ($($field:ident => $symbol:ident,)*) => {
+/// Defines the storage of a set of `int` module parameters and the `set`
+/// callback the C shim registers for each of them (`blksnap_param_set`).
+///
+/// `$params` is a struct of `i32` fields with a `DEFAULT` constant; each
+/// field gets a static `$symbol` (the name the C shim registers) holding
+/// its value, and `$params` gets `current()`, a copy of every value. Every
+/// write is checked by `$check(name, value)` first and refused with
+/// `EINVAL` (and its error logged) if that fails.
+macro_rules! int_params {
+    ($params:ty, check: $check:path, { $($field:ident => $symbol:ident,)* }) => {
         $(
             /// The value of the module parameter of the same name; the C shim
             /// registers its address.
             #[no_mangle]
-            #[allow(non_upper_case_globals)]
-            static $symbol: AtomicI32 = AtomicI32::new(Params::DEFAULT.$field);
+            static $symbol: core::sync::atomic::AtomicI32 =
+                core::sync::atomic::AtomicI32::new(<$params>::DEFAULT.$field);
         )*
 
-        /// A copy of every parameter's current value.
-        pub(crate) fn current() -> Params {
-            Params { $($field: $symbol.load(Ordering::Relaxed),)* }
+        impl $params {
+            /// A copy of every parameter's current value.
+            pub(crate) fn current() -> Self {
+                Self { $($field: $symbol.load(core::sync::atomic::Ordering::Relaxed),)* }
+            }
+        }
+
+        /// `kernel_param_ops.set` of every parameter: parses, checks, stores.
+        ///
+        /// # Safety
+        ///
+        /// As for [`set`](crate::sys::params::set), with `kp.arg` one of the
+        /// statics above.
+        #[no_mangle]
+        unsafe extern "C" fn blksnap_param_set(
+            val: *const kernel::ffi::c_char,
+            kp: *const $crate::sys::params::RawParam,
+        ) -> kernel::ffi::c_int {
+            // SAFETY: the kernel's parameter code calls this as `set` of a
+            // parameter the C shim registered with one of the statics above.
+            unsafe { $crate::sys::params::set(val, kp, $check) }
         }
     };
 }
+pub(crate) use int_params;
 
-storage! {
-    tracking_block_minimum_shift => blksnap_param_tracking_block_minimum_shift,
-    tracking_block_maximum_shift => blksnap_param_tracking_block_maximum_shift,
-    tracking_block_maximum_count => blksnap_param_tracking_block_maximum_count,
-    chunk_minimum_shift => blksnap_param_chunk_minimum_shift,
-    chunk_maximum_shift => blksnap_param_chunk_maximum_shift,
-    chunk_maximum_count => blksnap_param_chunk_maximum_count,
-    chunk_maximum_in_cache => blksnap_param_chunk_maximum_in_cache,
-    free_diff_buffer_pool_size => blksnap_param_free_diff_buffer_pool_size,
-    diff_storage_minimum => blksnap_param_diff_storage_minimum,
-}
+/// The kernel's `struct kernel_param`, as the `set` callback gets it.
+pub(crate) type RawParam = bindings::kernel_param;
 
-/// `kernel_param_ops.set` of every parameter: parses, range-checks, stores.
+/// Parses `val` as an `int`, checks it with `check` (given the parameter's
+/// name) and stores it; returns 0 or `-EINVAL`.
 ///
 /// # Safety
 ///
-/// Called by the kernel's parameter code with a NUL-terminated `val` and a
-/// `kp` registered by the C shim, whose `arg` points at one of the statics
-/// above.
-#[no_mangle]
-unsafe extern "C" fn blksnap_param_set(
+/// `val` is NUL-terminated and `kp` a valid parameter whose `name` is a
+/// static C string and whose `arg` points at an `AtomicI32` that lives for
+/// as long as the parameter is registered.
+pub(crate) unsafe fn set<R, E: Display>(
     val: *const c_char,
     kp: *const bindings::kernel_param,
+    check: impl FnOnce(&str, i32) -> core::result::Result<R, E>,
 ) -> c_int {
     // SAFETY: `kp` is valid for the call and its `name` is a static C string
     // (the function's safety requirements).
@@ -72,11 +95,12 @@ unsafe extern "C" fn blksnap_param_set(
         pr_err!("parameter {name}: not an integer\n");
         return EINVAL.to_errno();
     }
-    if let Err(e) = params::check_value(name, value) {
+    if let Err(e) = check(name, value) {
         pr_err!("parameter {}\n", format_args!("{e}"));
         return EINVAL.to_errno();
     }
-    // SAFETY: `arg` points at one of the `AtomicI32` statics above.
+    // SAFETY: `arg` points at a live `AtomicI32` (the function's safety
+    // requirements).
     let slot = unsafe { &*(*kp).__bindgen_anon_1.arg.cast::<AtomicI32>() };
     slot.store(value, Ordering::Relaxed);
     0

@@ -13,5 +13,8 @@ pub mod cbt_map;
 #[path = "../../../src/chunk_bits.rs"]
 pub mod chunk_bits;
 
+#[path = "../../../src/chunk_geometry.rs"]
+pub mod chunk_geometry;
+
 #[path = "../../../src/diff_storage.rs"]
 pub mod diff_storage;

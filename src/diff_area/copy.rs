@@ -1,0 +1,120 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The copy engine: copies claimed chunks of the original device into new
+//! slots of the difference storage, a batch at a time (see
+//! [`COPY_BATCH_BYTES`](crate::chunk_geometry::COPY_BATCH_BYTES)), with
+//! every read in flight together and then every write, and keeps chunk
+//! buffers for reuse.
+//!
+//! Locking: `DiffArea::spare` (a mutex) holds the kept buffers; the chunk
+//! lock is taken only to record the outcome, never around I/O.
+
+use super::{DiffArea, State};
+use crate::diff_storage::Slot;
+use crate::sys::bio::{pages_io, PageIo};
+use crate::sys::compat::prelude::*;
+use core::sync::atomic::Ordering;
+use kernel::page::{Page, PAGE_SIZE};
+
+impl DiffArea {
+    /// Copies the chunks the caller claimed (in order) into new slots, all
+    /// read in one go and written in one go; each ends stored or, if
+    /// anything failed, failed with the snapshot corrupted. Wakes waiters.
+    pub(super) fn copy_claimed(&self, claimed: &[u64]) {
+        if claimed.is_empty() {
+            return;
+        }
+        let result = self.copy(claimed);
+        if let Err(e) = &result {
+            // The chunks' original data is lost to the snapshot.
+            if self.active.load(Ordering::Acquire) {
+                self.corrupt(*e);
+            }
+        }
+        let mut chunks = self.chunks.lock();
+        for (i, c) in claimed.iter().enumerate() {
+            if let Some(ch) = chunks.get_mut(c) {
+                ch.state = match &result {
+                    Ok(slots) => slots.get(i).map_or(State::Failed, |s| State::Stored(*s)),
+                    Err(_) => State::Failed,
+                };
+            }
+        }
+        self.changed.notify_all();
+    }
+
+    /// Copies chunks `claimed` from the original device into new slots;
+    /// returns the slots, in the same order.
+    fn copy(&self, claimed: &[u64]) -> Result<KVec<Slot>> {
+        let cs = self.geometry.chunk_sectors();
+        let mut slots = KVec::with_capacity(claimed.len(), GFP_KERNEL)?;
+        let mut targets = KVec::with_capacity(claimed.len(), GFP_KERNEL)?;
+        for _ in claimed {
+            let (slot, bdev) = self.storage.alloc(cs)?;
+            // Within the capacities allocated above: do not allocate.
+            slots.push(slot, GFP_NOWAIT)?;
+            targets.push(bdev, GFP_NOWAIT)?;
+        }
+        let mut buffers = KVec::with_capacity(claimed.len(), GFP_KERNEL)?;
+        let mut result = Ok(());
+        for _ in claimed {
+            // Within the capacity allocated above: does not allocate.
+            let pushed = self
+                .buffer()
+                .and_then(|b| buffers.push(b, GFP_NOWAIT).map_err(Error::from));
+            if let Err(e) = pushed {
+                result = Err(e);
+                break;
+            }
+        }
+        let geometry = self.geometry;
+        if result.is_ok() {
+            // By index over the chunks, not zipped iterators: the nested
+            // iterator types made symbol names too long for objtool.
+            let read = |i: usize| {
+                let c = *claimed.get(i)?;
+                Some(PageIo {
+                    bdev: self.tracker.bdev(),
+                    sector: c * cs,
+                    sectors: geometry.sectors_of(c),
+                    pages: buffers.get(i)?,
+                })
+            };
+            let write = |i: usize| {
+                Some(PageIo {
+                    bdev: targets.get(i)?,
+                    sector: slots.get(i)?.sector,
+                    sectors: geometry.sectors_of(*claimed.get(i)?),
+                    pages: buffers.get(i)?,
+                })
+            };
+            let n = claimed.len();
+            result = pages_io((0..n).map_while(read), false)
+                .and_then(|()| pages_io((0..n).map_while(write), true));
+        }
+        let mut spare = self.spare.lock();
+        for pages in buffers {
+            if spare.len() == spare.capacity() {
+                break;
+            }
+            // Within the capacity reserved at creation: does not allocate.
+            let _ = spare.push(pages, GFP_NOWAIT);
+        }
+        drop(spare);
+        result.map(|()| slots)
+    }
+
+    /// A chunk's worth of pages: a spare buffer, or new pages.
+    fn buffer(&self) -> Result<KVec<Page>> {
+        if let Some(pages) = self.spare.lock().pop() {
+            return Ok(pages);
+        }
+        let page_count = usize::try_from(self.geometry.chunk_sectors() * 512 / PAGE_SIZE as u64)
+            .map_err(|_| EINVAL)?;
+        let mut pages = KVec::with_capacity(page_count, GFP_KERNEL)?;
+        for _ in 0..page_count {
+            pages.push(Page::alloc_page(GFP_KERNEL)?, GFP_KERNEL)?;
+        }
+        Ok(pages)
+    }
+}

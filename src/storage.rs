@@ -1,0 +1,187 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A snapshot's difference storage ([`Storage`]): the ranges user space
+//! appended with SNAPSHOT_APPEND_STORAGE, the storage devices they are on,
+//! the snapshot's corruption state and the events both raise
+//! (`low_free_space`, `corrupted`). The slot accounting itself is plain
+//! logic in `diff_storage`.
+//!
+//! Locking:
+//! * `Storage::inner` (a mutex) protects the accounting; it is only taken
+//!   in process context.
+//! * `Storage::devices` (IRQ-safe spinlock) holds the open storage devices,
+//!   so the image's submit path finds one without sleeping. The list is
+//!   replaced, never changed in place, under `inner`.
+//! * `Storage::corrupted` is set once, atomically; whoever sets it queues
+//!   the one `corrupted` event.
+//! * Neither lock is taken while holding a diff area's chunk lock.
+
+use crate::sys::compat::prelude::*;
+use crate::{
+    diff_storage::{self, DiffStorage, Extent, Slot},
+    event_queue::EventQueue,
+    sys::{
+        bdev::{self, BlockDevice},
+        sync::{new_irq_spinlock, IrqSpinLock},
+    },
+    uapi,
+};
+use core::sync::atomic::{AtomicBool, Ordering};
+use kernel::{
+    new_mutex,
+    sync::{Arc, Mutex},
+};
+
+/// What the difference storage holds under its lock.
+struct StorageInner {
+    accounting: DiffStorage<KVec<Extent>>,
+}
+
+/// A snapshot's difference storage: the ranges user space appended, and
+/// the snapshot's corruption state.
+#[pin_data]
+pub(crate) struct Storage {
+    #[pin]
+    inner: Mutex<StorageInner>,
+    /// The storage devices, opened at append and kept until the storage is
+    /// freed. Replaced (never changed in place) under `inner`, so lookups
+    /// from the image's submit path take only this spinlock.
+    #[pin]
+    devices: IrqSpinLock<KVec<Arc<BlockDevice>>>,
+    corrupted: AtomicBool,
+    /// Sectors to ask for in low_free_space events.
+    minimum: u64,
+    events: Arc<EventQueue>,
+}
+
+impl Storage {
+    /// Empty storage that reports to `events`.
+    pub(crate) fn new(minimum: u64, events: Arc<EventQueue>) -> Result<Arc<Self>> {
+        let inner = StorageInner {
+            accounting: DiffStorage::new(KVec::new()),
+        };
+        Arc::pin_init(
+            pin_init!(Storage {
+                inner <- new_mutex!(inner, "blksnap_storage"),
+                devices <- new_irq_spinlock!(KVec::new(), "blksnap_storage_devices"),
+                corrupted: AtomicBool::new(false),
+                minimum,
+                events,
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    /// SNAPSHOT_APPEND_STORAGE: adds page-aligned ranges of `dev`. `EINVAL`
+    /// for an empty, misaligned, overflowing, out-of-device or overlapping
+    /// range; nothing is added unless every range is valid.
+    pub(crate) fn append(&self, dev: u32, ranges: &[uapi::blk_snap_block_range]) -> Result {
+        let bdev = BlockDevice::open(dev)?;
+        let capacity = bdev.nr_sectors();
+        let mut inner = self.inner.lock();
+        for (i, r) in ranges.iter().enumerate() {
+            diff_storage::check_range(r.sector_offset, r.sector_count, capacity)
+                .map_err(|_| EINVAL)?;
+            let e = Extent {
+                dev,
+                start: r.sector_offset,
+                count: r.sector_count,
+            };
+            let earlier = ranges.get(..i).unwrap_or(&[]);
+            let overlaps_earlier = earlier.iter().any(|o| {
+                o.sector_offset < e.start + e.count && e.start < o.sector_offset + o.sector_count
+            });
+            if overlaps_earlier || inner.accounting.overlaps(&e) {
+                return Err(EINVAL);
+            }
+        }
+        inner
+            .accounting
+            .extents_mut()
+            .reserve(ranges.len(), GFP_KERNEL)?;
+        if self.device(dev).is_err() {
+            // A new list with room for the new device, built outside the
+            // spinlock; appends are serialized by `inner`.
+            let bdev = Arc::new(bdev, GFP_KERNEL)?;
+            // (Its own statement: the guard must be gone before allocating.)
+            let count = self.devices.lock().len();
+            let mut devices = KVec::with_capacity(count + 1, GFP_KERNEL)?;
+            let mut current = self.devices.lock();
+            for d in Iterator::chain(current.iter(), core::iter::once(&bdev)) {
+                // Within the capacity allocated above: does not allocate.
+                devices.push(d.clone(), GFP_NOWAIT)?;
+            }
+            core::mem::swap(&mut *current, &mut devices);
+        }
+        for r in ranges {
+            let e = Extent {
+                dev,
+                start: r.sector_offset,
+                count: r.sector_count,
+            };
+            // Reserved above: does not allocate.
+            inner.accounting.extents_mut().push(e, GFP_KERNEL)?;
+            inner.accounting.appended(r.sector_count);
+        }
+        Ok(())
+    }
+
+    /// Whether the snapshot is corrupted.
+    pub(crate) fn is_corrupted(&self) -> bool {
+        self.corrupted.load(Ordering::Acquire)
+    }
+
+    /// Marks the snapshot corrupted because of `err` on `orig` (queues the
+    /// one `corrupted` event).
+    pub(crate) fn corrupt(&self, orig: u32, err: Error) {
+        if self.corrupted.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if crate::sys::log_allowed() {
+            pr_err!(
+                "snapshot of {}:{} corrupted: error {}\n",
+                bdev::major(orig),
+                bdev::minor(orig),
+                err.to_errno()
+            );
+        }
+        // struct blk_snap_event_corrupted: orig_dev_id, err_code.
+        let mut data = [0u8; 12];
+        let (mj, mn) = (
+            bdev::major(orig).to_ne_bytes(),
+            bdev::minor(orig).to_ne_bytes(),
+        );
+        let code = (-err.to_errno()).to_ne_bytes();
+        let fields = Iterator::chain(Iterator::chain(mj.iter(), mn.iter()), code.iter());
+        for (d, s) in data.iter_mut().zip(fields) {
+            *d = *s;
+        }
+        self.events.push(uapi::blk_snap_event_code_corrupted, &data);
+    }
+
+    /// Hands out a slot of `sectors` and the device it is on; asks user
+    /// space for more storage when free space drops below half the minimum.
+    pub(crate) fn alloc(&self, sectors: u64) -> Result<(Slot, Arc<BlockDevice>)> {
+        let mut inner = self.inner.lock();
+        let slot = inner.accounting.alloc(sectors).ok_or(ENOSPC)?;
+        if inner.accounting.should_request(self.minimum) {
+            self.events.push(
+                uapi::blk_snap_event_code_low_free_space,
+                &self.minimum.to_ne_bytes(),
+            );
+        }
+        drop(inner);
+        let bdev = self.device(slot.dev)?;
+        Ok((slot, bdev))
+    }
+
+    /// The open storage device `dev`. Does not sleep.
+    pub(crate) fn device(&self, dev: u32) -> Result<Arc<BlockDevice>> {
+        self.devices
+            .lock()
+            .iter()
+            .find(|d| d.dev() == dev)
+            .cloned()
+            .ok_or(EIO)
+    }
+}
