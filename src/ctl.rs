@@ -105,7 +105,7 @@ impl Control {
     /// `queue`, images get `major`.
     pub(crate) fn new(queue: Arc<CowQueue>, major: ImageMajor) -> Result<Self> {
         let state = State {
-            trackers: Registry::new(),
+            trackers: Registry::new()?,
             snapshots: KVec::new(),
         };
         Ok(Control {
@@ -502,17 +502,6 @@ impl Control {
         Ok(0)
     }
 }
-
-/// The part of `blk_snap_snapshot_event` WAIT_EVENT reads.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct blk_snap_snapshot_event_head {
-    id: blk_snap_uuid,
-    timeout_ms: u32,
-}
-
-// SAFETY: bytes and integers only: every bit pattern is valid.
-unsafe impl FromBytes for blk_snap_snapshot_event_head {}
 
 impl FileOps for Control {
     fn ioctl(&self, cmd: u32, arg: usize) -> Result<isize> {

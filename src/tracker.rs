@@ -24,7 +24,7 @@ use crate::{
     params::Params,
     sys::{
         bdev::{self, BlockDevice},
-        dev_index::{DevIndex, Keyed},
+        dev_index::{DevIndex, IndexOwner, Keyed},
         sync::{new_irq_spinlock, IrqSpinLock},
     },
     uapi::{blk_snap_cbt_info, blk_snap_dev, blk_snap_uuid},
@@ -35,10 +35,9 @@ use kernel::{alloc::VVec, sync::Arc};
 /// high-order allocation.
 pub(crate) type Table = VVec<u8>;
 
-/// The trackers by device number, for the bio filter.
-// SAFETY: the only `DevIndex`; the registry, the one caller of `insert` and
-// `remove` (serialized by `&mut Registry`), empties it before unload.
-pub(crate) static INDEX: DevIndex<Tracker> = unsafe { DevIndex::new() };
+/// The trackers by device number, for the bio filter; the [`Registry`]
+/// owns its entries.
+pub(crate) static INDEX: DevIndex<Tracker> = DevIndex::new();
 
 /// What a tracker's lock protects.
 pub(crate) struct TrackerState {
@@ -219,14 +218,17 @@ pub(crate) struct PreparedSwitch(FreshMap);
 /// The set of trackers.
 pub(crate) struct Registry {
     trackers: KVec<Arc<Tracker>>,
+    /// Every tracker of `trackers` is in the index.
+    index: IndexOwner<Tracker>,
 }
 
 impl Registry {
-    /// No trackers.
-    pub(crate) fn new() -> Self {
-        Registry {
+    /// No trackers; owns [`INDEX`] (`EBUSY` if something else does).
+    pub(crate) fn new() -> Result<Self> {
+        Ok(Registry {
             trackers: KVec::new(),
-        }
+            index: INDEX.own()?,
+        })
     }
 
     /// The tracker of `dev`, if any.
@@ -241,7 +243,7 @@ impl Registry {
         }
         let tracker = Tracker::new(dev, params)?;
         self.trackers.reserve(1, GFP_KERNEL)?;
-        INDEX.insert(tracker.clone())?;
+        self.index.insert(tracker.clone())?;
         // Cannot fail: reserved above.
         self.trackers.push(tracker.clone(), GFP_KERNEL)?;
         Ok(tracker)
@@ -255,7 +257,7 @@ impl Registry {
             .iter()
             .position(|t| t.dev == dev)
             .ok_or(ENODEV)?;
-        drop(INDEX.remove(dev));
+        drop(self.index.remove(dev));
         drop(self.trackers.swap_remove(pos));
         Ok(())
     }
@@ -274,7 +276,7 @@ impl Registry {
 impl Drop for Registry {
     fn drop(&mut self) {
         for t in self.trackers.iter() {
-            drop(INDEX.remove(t.dev));
+            drop(self.index.remove(t.dev));
         }
     }
 }

@@ -14,15 +14,16 @@
 //! for an RCU grace period and only then drops the reference, so a lookup
 //! never sees a freed object.
 //!
-//! Locking: insertions and removals take `&mut self`'s place by contract:
-//! the owner serializes them (the tracker registry does so under the
-//! control mutex); the xarray's own lock serializes its updates.
+//! Entries come and go only through the index's one [`IndexOwner`], whose
+//! `&mut self` serializes insertions and removals (the tracker registry
+//! holds it, under the control mutex); the xarray's own lock serializes its
+//! updates. Lookups need no lock.
 
 use super::{bindings, sync::PreemptOff};
 use core::{
     marker::PhantomData,
     ptr,
-    sync::atomic::{AtomicPtr, AtomicUsize, Ordering},
+    sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering},
 };
 use kernel::{
     error::to_result,
@@ -49,11 +50,11 @@ fn slot_of(dev: u32) -> usize {
 ///
 /// # Invariants
 ///
-/// Only one `DevIndex` exists, and every entry of the shim's
+/// While an [`IndexOwner`] of this index exists, every entry of the shim's
 /// `blksnap_tracker_index` is a pointer from `Arc::<T>::into_raw` owned by
-/// the index. Every non-null `front` slot holds one of those entries, whose
-/// key hashes to the slot; `overflow` is the number of entries in no slot.
-/// Its owner removes every entry before the module unloads.
+/// this index; while none does, this index has no entries. Every non-null
+/// `front` slot holds one of its entries, whose key hashes to the slot;
+/// `overflow` is the number of its entries in no slot.
 pub(crate) struct DevIndex<T: Keyed + Send + Sync> {
     front: [AtomicPtr<T>; SLOTS],
     overflow: AtomicUsize,
@@ -61,19 +62,31 @@ pub(crate) struct DevIndex<T: Keyed + Send + Sync> {
 }
 
 impl<T: Keyed + Send + Sync> DevIndex<T> {
-    /// Takes ownership of the (empty) static index.
-    ///
-    /// # Safety
-    ///
-    /// At most one `DevIndex` may exist; its owner must serialize
-    /// [`DevIndex::insert`] and [`DevIndex::remove`] and remove every entry
-    /// before the module unloads.
-    pub(crate) const unsafe fn new() -> Self {
+    /// An empty index (for a `static`); entries come through its
+    /// [`IndexOwner`].
+    pub(crate) const fn new() -> Self {
+        // INVARIANT: no owner, no entries.
         DevIndex {
             front: [const { AtomicPtr::new(ptr::null_mut()) }; SLOTS],
             overflow: AtomicUsize::new(0),
             _entries: PhantomData,
         }
+    }
+
+    /// The one owner of the index, which alone adds and removes entries:
+    /// `EBUSY` while an owner (of this or any other index: they share the
+    /// shim's xarray) exists.
+    pub(crate) fn own(&'static self) -> Result<IndexOwner<T>> {
+        OWNED
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .map_err(|_| EBUSY)?;
+        // INVARIANT: the xarray is empty (the last owner let go of it only
+        // once it had removed every entry), so this index owns every entry
+        // from now on.
+        Ok(IndexOwner {
+            index: self,
+            entries: 0,
+        })
     }
 
     fn xa() -> *mut bindings::xarray {
@@ -115,55 +128,85 @@ impl<T: Keyed + Send + Sync> DevIndex<T> {
         let obj = unsafe { ArcBorrow::from_raw(p.cast::<T>()) };
         Some(f(obj))
     }
+}
 
-    /// Indexes `obj` at its key; `EBUSY` if something already is. Callers
-    /// serialize insertions and removals (see [`DevIndex::new`]).
-    pub(crate) fn insert(&self, obj: Arc<T>) -> Result {
+/// Whether an [`IndexOwner`] exists.
+static OWNED: AtomicBool = AtomicBool::new(false);
+
+/// The one owner of a [`DevIndex`]: adds and removes its entries.
+///
+/// # Invariants
+///
+/// `entries` is the number of entries of the index; `OWNED` is set while
+/// the owner exists.
+pub(crate) struct IndexOwner<T: Keyed + Send + Sync + 'static> {
+    index: &'static DevIndex<T>,
+    entries: usize,
+}
+
+impl<T: Keyed + Send + Sync + 'static> IndexOwner<T> {
+    /// Indexes `obj` at its key; `EBUSY` if something already is.
+    pub(crate) fn insert(&mut self, obj: Arc<T>) -> Result {
         let dev = obj.key();
         let p = Arc::into_raw(obj);
         // SAFETY: `xa_insert` (GFP_KERNEL) in process context; on success
         // the index owns `p` (the type invariant).
         let ret =
-            unsafe { bindings::blksnap_xa_insert(Self::xa(), dev as usize, p.cast_mut().cast()) };
+            unsafe { bindings::blksnap_xa_insert(DevIndex::<T>::xa(), dev as usize, p.cast_mut().cast()) };
         if ret != 0 {
             // SAFETY: not stored: give the reference back.
             drop(unsafe { Arc::from_raw(p) });
             return to_result(ret);
         }
-        let slot = &self.front[slot_of(dev)];
+        self.entries += 1;
+        let slot = &self.index.front[slot_of(dev)];
         if slot.load(Ordering::Relaxed).is_null() {
             slot.store(p.cast_mut(), Ordering::Release);
         } else {
-            self.overflow.fetch_add(1, Ordering::Release);
+            self.index.overflow.fetch_add(1, Ordering::Release);
         }
         Ok(())
     }
 
     /// Removes the object indexed at `dev` and returns the index's
-    /// reference once no lookup can still see it. Sleeps. Callers
-    /// serialize insertions and removals (see [`DevIndex::new`]).
-    pub(crate) fn remove(&self, dev: u32) -> Option<Arc<T>> {
+    /// reference once no lookup can still see it. Sleeps.
+    pub(crate) fn remove(&mut self, dev: u32) -> Option<Arc<T>> {
         // SAFETY: process context; `xa_load` may be called anywhere.
-        let p = unsafe { bindings::xa_load(Self::xa(), dev as usize) };
+        let p = unsafe { bindings::xa_load(DevIndex::<T>::xa(), dev as usize) };
         if p.is_null() {
             return None;
         }
-        let slot = &self.front[slot_of(dev)];
+        let slot = &self.index.front[slot_of(dev)];
         if slot.load(Ordering::Relaxed) == p.cast::<T>() {
             slot.store(ptr::null_mut(), Ordering::Release);
         } else {
-            self.overflow.fetch_sub(1, Ordering::Release);
+            self.index.overflow.fetch_sub(1, Ordering::Release);
         }
         // SAFETY: process context; the xarray serializes with other writers.
-        let p = unsafe { bindings::xa_erase(Self::xa(), dev as usize) };
+        let p = unsafe { bindings::xa_erase(DevIndex::<T>::xa(), dev as usize) };
         if p.is_null() {
-            // Serialized callers: the entry loaded above is still there.
+            // Only the owner removes: the entry loaded above is still there.
             return None;
         }
+        self.entries -= 1;
         super::sync::synchronize_rcu();
         // SAFETY: the entry came from `Arc::into_raw`; it is in no slot and
         // not in the xarray any more, and after the grace period no lookup
         // holds it.
         Some(unsafe { Arc::from_raw(p.cast::<T>()) })
+    }
+}
+
+impl<T: Keyed + Send + Sync + 'static> Drop for IndexOwner<T> {
+    /// Lets go of the index once it is empty. An owner dropped with entries
+    /// left keeps the index owned for good: those entries (and the objects
+    /// they hold) leak, but no later owner can remove what lookups through
+    /// this index may still see.
+    fn drop(&mut self) {
+        if self.entries == 0 {
+            OWNED.store(false, Ordering::Release);
+        } else {
+            pr_warn!("device index dropped with {} entries\n", self.entries);
+        }
     }
 }

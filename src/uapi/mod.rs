@@ -34,7 +34,17 @@ macro_rules! from_user_bytes {
     };
 }
 
+/// The part of `blk_snap_snapshot_event` that SNAPSHOT_WAIT_EVENT reads:
+/// the snapshot and the timeout (the rest is written back).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct blk_snap_snapshot_event_head {
+    pub(crate) id: blk_snap_uuid,
+    pub(crate) timeout_ms: u32,
+}
+
 from_user_bytes!(
+    blk_snap_snapshot_event_head,
     blk_snap_dev,
     blk_snap_uuid,
     blk_snap_block_range,
