@@ -5,6 +5,8 @@
 //! Locking: none; a snapshot of the bio's fields at submission.
 
 use super::bindings;
+use core::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use kernel::types::Opaque;
 
 /// The operation of a bio, as far as change tracking cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,11 +339,14 @@ where
                 page,
             })
     });
-    // SAFETY: no preconditions; NULL without memory.
-    let batch = unsafe { bindings::blksnap_batch_new() };
-    if batch.is_null() {
-        return Err(kernel::error::code::ENOMEM);
-    }
+    let batch = core::pin::pin!(Batch {
+        remaining: AtomicUsize::new(1),
+        error: AtomicI32::new(0),
+        done: Opaque::uninit(),
+    });
+    // SAFETY: the completion is pinned on this stack frame, which outlives
+    // every bio of the batch (they are waited for below).
+    unsafe { bindings::blksnap_completion_init(batch.done.get()) };
     let mut result = Ok(());
     while let Some(first) = units.next() {
         // How many units from `first` on continue each other on its device.
@@ -368,10 +373,60 @@ where
                 bindings::bio_add_page(bio, u.page.as_ptr().cast(), (u.sectors * 512) as u32, 0)
             };
         }
-        // SAFETY: `batch` is live until waited for; the bio is complete.
-        unsafe { bindings::blksnap_batch_add(batch, bio) };
+        batch.remaining.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the bio is ours and complete; `batch` lives until every
+        // bio of it has completed (waited for below), and `batch_endio`
+        // takes `bi_private` for what it is.
+        unsafe {
+            bindings::blksnap_bio_submit_endio(
+                bio,
+                Some(batch_endio),
+                core::ptr::from_ref::<Batch>(&batch).cast_mut().cast(),
+            )
+        };
     }
-    // SAFETY: `batch` came from `blksnap_batch_new`; this frees it.
-    let ret = unsafe { bindings::blksnap_batch_wait(batch) };
-    result.and(kernel::error::to_result(ret))
+    // Our own count: if bios are still in flight, the last one completes.
+    if batch.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+        // SAFETY: initialised above; the last `batch_endio` completes it.
+        unsafe { bindings::wait_for_completion_io(batch.done.get()) };
+    }
+    result.and(kernel::error::to_result(batch.error.load(Ordering::Acquire)))
+}
+
+/// The bios of one [`pages_io`] call in flight, waited for together.
+struct Batch {
+    /// Bios in flight, plus one until [`pages_io`] waits.
+    remaining: AtomicUsize,
+    /// The first error (a negative errno), or 0.
+    error: AtomicI32,
+    /// Completed when `remaining` drops to zero.
+    done: Opaque<bindings::completion>,
+}
+
+/// The completion of a bio of a [`Batch`]: keeps its first error, puts the
+/// bio, and completes the batch with the last one.
+///
+/// # Safety
+///
+/// `bio` is a completed bio submitted by [`pages_io`], its `bi_private` a
+/// [`Batch`] that counts it.
+unsafe extern "C" fn batch_endio(bio: *mut bindings::bio) {
+    // SAFETY: the function's safety requirements: the batch lives until
+    // its count drops to zero, which this bio's completion has not done yet.
+    let (batch, status) = unsafe { (&*(*bio).bi_private.cast::<Batch>(), (*bio).bi_status) };
+    // SAFETY: any status may be converted.
+    let err = unsafe { bindings::blk_status_to_errno(status) };
+    if err != 0 {
+        let _ = batch
+            .error
+            .compare_exchange(0, err, Ordering::AcqRel, Ordering::Acquire);
+    }
+    // SAFETY: the bio is ours (from the module's bio set) and done.
+    unsafe { bindings::bio_put(bio) };
+    // The last touch of `batch` unless this drops the count to zero: then
+    // `pages_io` waits for the completion, which outlives `complete`.
+    if batch.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // SAFETY: initialised by `pages_io`, which waits for it.
+        unsafe { bindings::complete(batch.done.get()) };
+    }
 }

@@ -120,6 +120,8 @@ impl<T: ImageDiskData> ImageDisk<T> {
         data: Arc<T>,
     ) -> Result<Self> {
         let private = core::ptr::from_ref::<T>(&data);
+        // Bios may span chunks: the image splits them where it must.
+        let max_hw_sectors = chunk_sectors.max(2048);
         // SAFETY: `name` is NUL-terminated; `private` stays valid as long
         // as the disk: the value keeps `data` until after `Drop` removed it.
         let disk = from_err_ptr(unsafe {
@@ -128,10 +130,14 @@ impl<T: ImageDiskData> ImageDisk<T> {
                 minor as i32,
                 name.as_char_ptr(),
                 capacity,
-                chunk_sectors,
+                max_hw_sectors,
                 private.cast_mut().cast(),
             )
-        })?;
+        })
+        // Every argument is valid here, yet device_add() reports a failed
+        // allocation of the device's name (dev_set_name() in add_disk()) as
+        // EINVAL: to the caller that is running out of memory.
+        .map_err(|e| if e == EINVAL { ENOMEM } else { e })?;
         // INVARIANT: added with `data`'s address, which the value keeps.
         Ok(ImageDisk { disk, _data: data })
     }

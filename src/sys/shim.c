@@ -1,8 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * The few things Rust cannot say to this kernel: macros, static inlines and
- * the ftrace trampoline. Each function only forwards; policy, state and
- * validation live in Rust (see shim.h for who calls what).
+ * What Rust cannot say to this kernel: macros, static inlines, static
+ * initialisers, lock wrappers and the ftrace trampoline, each of which only
+ * forwards; and one layout, the context of a redirected clone, which lives
+ * in its bio set's front pad (struct blksnap_redirect), with the completion
+ * that reads it back and hands it to Rust. Policy, state and validation
+ * live in Rust (see shim.h for who calls what).
  */
 #include <linux/bio.h>
 #include <linux/blkdev.h>
@@ -164,8 +167,6 @@ void blksnap_bio_get_info(struct bio *bio, struct blksnap_bio_info *info)
 		info->sector -= info->start_sect;
 	info->sectors = bio_sectors(bio);
 	info->op = bio_op(bio);
-	info->nowait = bio->bi_opf & REQ_NOWAIT;
-	info->stacked = current->bio_list != NULL;
 }
 
 /* Locks and RCU. */
@@ -201,37 +202,17 @@ void blksnap_spin_assert_held(struct spinlock *lock)
 	lockdep_assert_held(lock);
 }
 
-/*
- * The take barrier's fast path: while no switch is announced, the filter
- * (which runs with preemption disabled, an RCU read-side critical section)
- * takes no lock. A switch raises blksnap_take_announced and waits for a
- * grace period before it takes the lock for writing: by then every filter
- * that saw no announcement has finished, and every later one takes the lock.
- */
-static atomic_t blksnap_take_announced = ATOMIC_INIT(0);
-
-bool blksnap_take_read_lock(unsigned long *flags)
+unsigned long blksnap_take_read_lock(void)
 {
-	if (likely(!atomic_read(&blksnap_take_announced)))
-		return false;
-	read_lock_irqsave(&blksnap_take_lock, *flags);
-	return true;
+	unsigned long flags;
+
+	read_lock_irqsave(&blksnap_take_lock, flags);
+	return flags;
 }
 
 void blksnap_take_read_unlock(unsigned long flags)
 {
 	read_unlock_irqrestore(&blksnap_take_lock, flags);
-}
-
-void blksnap_take_announce(void)
-{
-	atomic_inc(&blksnap_take_announced);
-	synchronize_rcu();
-}
-
-void blksnap_take_unannounce(void)
-{
-	atomic_dec(&blksnap_take_announced);
 }
 
 unsigned long blksnap_take_write_lock(void)
@@ -339,55 +320,18 @@ int blksnap_bio_submit_wait(struct bio *bio)
 	return blk_status_to_errno(bio->bi_status);
 }
 
-struct blksnap_batch {
-	atomic_t remaining;	/* bios in flight, plus one until waited for */
-	int error;		/* the first error, or 0 */
-	struct completion done;
-};
-
-struct blksnap_batch *blksnap_batch_new(void)
+void blksnap_bio_submit_endio(struct bio *bio, bio_end_io_t *end_io,
+			      void *private)
 {
-	struct blksnap_batch *b = kmalloc(sizeof(*b), GFP_NOIO);
-
-	if (b) {
-		atomic_set(&b->remaining, 1);
-		b->error = 0;
-		init_completion(&b->done);
-	}
-	return b;
-}
-
-static void blksnap_batch_endio(struct bio *bio)
-{
-	struct blksnap_batch *b = bio->bi_private;
-	int err = blk_status_to_errno(bio->bi_status);
-
-	if (err)
-		cmpxchg(&b->error, 0, err);
-	bio_put(bio);
-	/* The last touch of b unless this drops the count to zero. */
-	if (atomic_dec_and_test(&b->remaining))
-		complete(&b->done);
-}
-
-void blksnap_batch_add(struct blksnap_batch *b, struct bio *bio)
-{
-	atomic_inc(&b->remaining);
-	bio->bi_private = b;
-	bio->bi_end_io = blksnap_batch_endio;
+	bio->bi_private = private;
+	bio->bi_end_io = end_io;
 	bio->bi_opf |= REQ_SYNC;
 	blksnap_bio_pass(bio);
 }
 
-int blksnap_batch_wait(struct blksnap_batch *b)
+void blksnap_completion_init(struct completion *c)
 {
-	int err;
-
-	if (!atomic_dec_and_test(&b->remaining))
-		wait_for_completion_io(&b->done);
-	err = READ_ONCE(b->error);
-	kfree(b);
-	return err;
+	init_completion(c);
 }
 
 void blksnap_bio_end(struct bio *bio, int err)
@@ -463,13 +407,12 @@ struct bio *blksnap_bio_split_front(struct bio *bio, unsigned int sectors)
 }
 
 struct gendisk *blksnap_disk_create(int major, int minor, const char *name,
-				    u64 capacity, unsigned int chunk_sectors,
+				    u64 capacity, unsigned int max_hw_sectors,
 				    void *private_data)
 {
 	struct queue_limits lim = {
 		.logical_block_size = SECTOR_SIZE,
-		/* Bios may span chunks: the image splits them where it must. */
-		.max_hw_sectors = max(chunk_sectors, 2048U),
+		.max_hw_sectors = max_hw_sectors,
 		.max_segments = USHRT_MAX,
 		.max_segment_size = UINT_MAX,
 	};
@@ -490,12 +433,7 @@ struct gendisk *blksnap_disk_create(int major, int minor, const char *name,
 	ret = add_disk(disk);
 	if (ret) {
 		put_disk(disk);
-		/*
-		 * Every argument is valid here, yet device_add() reports a failed
-		 * allocation of the device's name (dev_set_name() in add_disk())
-		 * as -EINVAL: to the caller that is running out of memory.
-		 */
-		return ERR_PTR(ret == -EINVAL ? -ENOMEM : ret);
+		return ERR_PTR(ret);
 	}
 	return disk;
 }

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * What src/sys/shim.c and the Rust side export to each other. Everything
- * here wraps a macro or a static inline of the kernel, or is the ftrace
- * trampoline; the logic is in Rust.
+ * here wraps a macro, a static inline or a static object of the kernel, or
+ * is the ftrace trampoline or the redirected clone's completion; the logic
+ * is in Rust.
  */
 #ifndef BLKSNAP_SHIM_H
 #define BLKSNAP_SHIM_H
@@ -44,8 +45,6 @@ struct blksnap_bio_info {
 	u64 start_sect;		/* dev's first sector on whole_dev */
 	u32 sectors;		/* length in sectors */
 	u32 op;			/* REQ_OP_* */
-	bool nowait;		/* REQ_NOWAIT: the submitter must not sleep */
-	bool stacked;		/* submitted from inside a stacked driver */
 };
 void blksnap_bio_get_info(struct bio *bio, struct blksnap_bio_info *info);
 
@@ -60,14 +59,10 @@ unsigned long blksnap_spin_lock_irqsave(struct spinlock *lock);
 void blksnap_spin_unlock_irqrestore(struct spinlock *lock, unsigned long flags);
 bool blksnap_spin_trylock_irqsave(struct spinlock *lock, unsigned long *flags);
 void blksnap_spin_assert_held(struct spinlock *lock);
-/* The take barrier. Readers run with preemption disabled; the lock is
- * only taken (true, with *flags to restore) while a switch is announced.
- * Writers announce (sleeps: one RCU grace period), take the lock, and
- * unannounce after releasing it. */
-bool blksnap_take_read_lock(unsigned long *flags);
+/* The take barrier's reader-writer lock, IRQ-safe (the protocol around it
+ * is in src/sys/sync.rs). */
+unsigned long blksnap_take_read_lock(void);
 void blksnap_take_read_unlock(unsigned long flags);
-void blksnap_take_announce(void);
-void blksnap_take_unannounce(void);
 unsigned long blksnap_take_write_lock(void);
 void blksnap_take_write_unlock(unsigned long flags);
 
@@ -85,15 +80,12 @@ struct bio *blksnap_bio_clone(struct bio *src, struct block_device *bdev,
 /* Submits and waits; returns 0 or a negative errno. Does not put the bio. */
 int blksnap_bio_submit_wait(struct bio *bio);
 void blksnap_bio_end(struct bio *bio, int err);
-/* A batch of the module's own bios: submitted one by one, waited for
- * together. blksnap_batch_new() returns NULL without memory;
- * blksnap_batch_add() submits a bio from blksnap_bio_new() and puts it on
- * completion; blksnap_batch_wait() waits for every bio added, frees the
- * batch and returns 0 or the first negative errno. */
-struct blksnap_batch;
-struct blksnap_batch *blksnap_batch_new(void);
-void blksnap_batch_add(struct blksnap_batch *b, struct bio *bio);
-int blksnap_batch_wait(struct blksnap_batch *b);
+/* Submits one of the module's own bios (see blksnap_bio_pass) as a
+ * synchronous I/O whose completion calls end_io with private. */
+void blksnap_bio_submit_endio(struct bio *bio, bio_end_io_t *end_io,
+			      void *private);
+struct completion;
+void blksnap_completion_init(struct completion *c);
 /* What a redirected bio's completion calls: the errno (or 0) the original
  * bio ends with, given ctx, tag and the clone's errno. */
 typedef int (*blksnap_redirect_done_fn)(const void *ctx, u64 tag, int err);
@@ -115,8 +107,10 @@ struct workqueue_struct *blksnap_alloc_workqueue(void);
  * bio: returns them as a bio of their own, chained to @bio, and submits the
  * rest of @bio again. NULL (and @bio untouched) if that cannot be done. */
 struct bio *blksnap_bio_split_front(struct bio *bio, unsigned int sectors);
+/* Allocates and adds a disk with no partitions, logical blocks of 512
+ * bytes, bios of up to max_hw_sectors, and the given private data. */
 struct gendisk *blksnap_disk_create(int major, int minor, const char *name,
-				    u64 capacity, unsigned int chunk_sectors,
+				    u64 capacity, unsigned int max_hw_sectors,
 				    void *private_data);
 void blksnap_disk_destroy(struct gendisk *disk);
 void *blksnap_bio_disk_private(struct bio *bio);

@@ -20,7 +20,10 @@
 //!   periods wait for code that runs with preemption disabled.
 
 use super::bindings;
-use core::marker::PhantomData;
+use core::{
+    marker::PhantomData,
+    sync::atomic::{AtomicUsize, Ordering},
+};
 use kernel::{ffi::c_ulong, sync::lock::Backend};
 
 /// Backend of [`IrqSpinLock`]: `spin_lock_irqsave`/`spin_unlock_irqrestore`.
@@ -73,6 +76,12 @@ unsafe impl Backend for IrqSpinLockBackend {
 /// The module-wide take barrier (see the module documentation).
 pub(crate) struct TakeBarrier;
 
+/// Switches announced and not over ([`TakeAnnounced`] values alive). While
+/// it is zero, the filter takes no lock: a switch raises it, then waits for
+/// an RCU grace period before taking the lock for writing, so by then every
+/// filter that saw zero has finished, and every later one takes the lock.
+static ANNOUNCED: AtomicUsize = AtomicUsize::new(0);
+
 /// The barrier held for reading; released on drop.
 pub(crate) struct TakeReadGuard {
     /// `None` on the fast path: no switch was announced, none can happen
@@ -99,12 +108,15 @@ impl TakeBarrier {
     /// for an RCU grace period after announcing), and no lock is taken.
     /// Must be dropped before `_preempt_off`.
     pub(crate) fn read(_preempt_off: &PreemptOff) -> TakeReadGuard {
-        let mut flags = 0;
-        // SAFETY: the lock is a static `rwlock_t` in the C shim, always
-        // initialised; if taken, the guard releases it.
-        let locked = unsafe { bindings::blksnap_take_read_lock(&mut flags) };
+        // The fast path: none announced, and none can complete its grace
+        // period before the caller re-enables preemption.
+        let flags = (ANNOUNCED.load(Ordering::Relaxed) != 0).then(|| {
+            // SAFETY: the lock is a static `rwlock_t` in the C shim, always
+            // initialised; the guard releases it.
+            unsafe { bindings::blksnap_take_read_lock() }
+        });
         TakeReadGuard {
-            flags: locked.then_some(flags),
+            flags,
             _not_send: PhantomData,
         }
     }
@@ -113,8 +125,9 @@ impl TakeBarrier {
     /// announcement (and takes the lock) or has finished. Sleeps (one RCU
     /// grace period), so it comes before anything that must be quick.
     pub(crate) fn announce() -> TakeAnnounced {
-        // SAFETY: process context (ioctls); undone by `TakeAnnounced`'s drop.
-        unsafe { bindings::blksnap_take_announce() };
+        ANNOUNCED.fetch_add(1, Ordering::SeqCst);
+        // Process context (ioctls): may sleep.
+        synchronize_rcu();
         TakeAnnounced(())
     }
 }
@@ -145,8 +158,8 @@ impl Drop for TakeReadGuard {
 
 impl Drop for TakeAnnounced {
     fn drop(&mut self) {
-        // SAFETY: announced by `TakeBarrier::announce`, exactly once.
-        unsafe { bindings::blksnap_take_unannounce() }
+        // Announced by `TakeBarrier::announce`, exactly once.
+        ANNOUNCED.fetch_sub(1, Ordering::Release);
     }
 }
 
