@@ -14,22 +14,19 @@ use kernel::{c_str, prelude::*, sync::Arc};
 
 // Kernel-free logic shared with the host tests (crates/blksnap-logic): its
 // `pub` items and test-only accessors are the host crate's API.
-#[allow(dead_code, unreachable_pub)]
+#[expect(dead_code, unreachable_pub, reason = "also the host tests' API")]
 mod cbt_map;
-// Kernel-free logic shared with the host tests (see `cbt_map`).
-#[allow(unreachable_pub)]
+#[expect(unreachable_pub, reason = "also the host tests' API")]
 mod chunk_bits;
-// Kernel-free logic shared with the host tests (see `cbt_map`).
-#[allow(unreachable_pub)]
+#[expect(unreachable_pub, reason = "also the host tests' API")]
 mod chunk_geometry;
 mod ctl;
 mod diff_area;
-// Kernel-free logic shared with the host tests (see `cbt_map`).
-#[allow(dead_code, unreachable_pub)]
+#[expect(dead_code, unreachable_pub, reason = "also the host tests' API")]
 mod diff_storage;
 mod event_queue;
 mod filter;
-#[allow(dead_code, unreachable_pub)]
+#[expect(dead_code, unreachable_pub, reason = "also the host tests' API")]
 mod params;
 mod snapimage;
 mod snapshot;

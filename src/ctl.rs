@@ -38,7 +38,7 @@ use crate::{
     params::Params,
     snapimage::Minors,
     snapshot::{Snapshot, TakeContext},
-    sys::{self, bdev, disk::ImageMajor, errno, miscdev::FileOps, CowQueue},
+    sys::{self, bdev::DevNum, disk::ImageMajor, errno, miscdev::FileOps, CowQueue},
     tracker::{Registry, Tracker},
     uapi::*,
 };
@@ -76,19 +76,19 @@ impl State {
         self.snapshots.iter().find(|s| s.id() == &id.b).ok_or(ESRCH)
     }
 
-    fn snapshot_of_device(&self, dev: u32) -> Option<&Arc<Snapshot>> {
+    fn snapshot_of_device(&self, dev: DevNum) -> Option<&Arc<Snapshot>> {
         self.snapshots.iter().find(|s| s.has_device(dev))
     }
 
     /// The tracker of `dev`, or of the original device if `dev` is a
     /// snapshot image.
-    fn tracker_or_image_original(&self, dev: u32) -> Option<Arc<Tracker>> {
+    fn tracker_or_image_original(&self, dev: DevNum) -> Option<Arc<Tracker>> {
         if let Some(t) = self.trackers.find(dev) {
             return Some(t.clone());
         }
         self.snapshots
             .iter()
-            .find_map(|s| s.image_original(bdev::major(dev), bdev::minor(dev)))
+            .find_map(|s| s.image_original(dev.major(), dev.minor()))
     }
 }
 
@@ -187,8 +187,8 @@ fn collect_reply(
 }
 
 /// A kernel `dev_t` from the UAPI device id; `EINVAL` if it cannot be one.
-fn dev_t(id: &blk_snap_dev) -> Result<u32> {
-    bdev::mkdev(id.mj, id.mn).ok_or(EINVAL)
+fn dev_t(id: &blk_snap_dev) -> Result<DevNum> {
+    DevNum::new(id.mj, id.mn).ok_or(EINVAL)
 }
 
 /// The UAPI bytes of a `blk_snap_cbt_info`, padding zeroed.

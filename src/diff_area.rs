@@ -36,8 +36,7 @@ use crate::sys::compat::prelude::*;
 use crate::{
     chunk_bits::{self, ChunkBits},
     chunk_geometry::Geometry,
-    diff_storage::Slot,
-    storage::Storage,
+    storage::{Slot, Storage},
     sys::{
         sync::{new_irq_spinlock, IrqSpinLock},
         CowQueue,

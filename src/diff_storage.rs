@@ -14,11 +14,12 @@
 /// Sectors in a page: ranges must be page-aligned.
 pub const PAGE_SECTORS: u64 = 8;
 
-/// A range of difference storage on one device.
+/// A range of difference storage on one device (`D`: the device number's
+/// type, `DevNum` in the kernel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Extent {
-    /// The device's `dev_t`.
-    pub dev: u32,
+pub struct Extent<D> {
+    /// The device.
+    pub dev: D,
     /// First sector.
     pub start: u64,
     /// Length in sectors.
@@ -27,9 +28,9 @@ pub struct Extent {
 
 /// Where one slot of difference storage is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Slot {
-    /// The device's `dev_t`.
-    pub dev: u32,
+pub struct Slot<D> {
+    /// The device.
+    pub dev: D,
     /// First sector of the slot.
     pub sector: u64,
 }
@@ -73,7 +74,7 @@ pub struct DiffStorage<L> {
     requested: bool,
 }
 
-impl<L: core::ops::Deref<Target = [Extent]>> DiffStorage<L> {
+impl<D: Copy + PartialEq, L: core::ops::Deref<Target = [Extent<D>]>> DiffStorage<L> {
     /// No storage yet; `extents` must be empty.
     pub fn new(extents: L) -> Self {
         let total = extents.iter().map(|e| e.count).sum();
@@ -88,7 +89,7 @@ impl<L: core::ops::Deref<Target = [Extent]>> DiffStorage<L> {
     }
 
     /// Whether `e` overlaps an extent appended before.
-    pub fn overlaps(&self, e: &Extent) -> bool {
+    pub fn overlaps(&self, e: &Extent<D>) -> bool {
         self.extents.iter().any(|x| {
             x.dev == e.dev
                 && x.start < e.start.saturating_add(e.count)
@@ -119,7 +120,7 @@ impl<L: core::ops::Deref<Target = [Extent]>> DiffStorage<L> {
     }
 
     /// Hands out a slot of `sectors`, or `None` when the storage is full.
-    pub fn alloc(&mut self, sectors: u64) -> Option<Slot> {
+    pub fn alloc(&mut self, sectors: u64) -> Option<Slot<D>> {
         loop {
             let e = *self.extents.get(self.current)?;
             if e.count - self.used_in_current >= sectors {
@@ -181,7 +182,7 @@ mod tests {
     use std::vec;
     use std::vec::Vec;
 
-    fn storage(extents: &[(u64, u64)]) -> DiffStorage<Vec<Extent>> {
+    fn storage(extents: &[(u64, u64)]) -> DiffStorage<Vec<Extent<u32>>> {
         DiffStorage::new(
             extents
                 .iter()
@@ -268,7 +269,7 @@ mod tests {
         assert!(!s.should_request(64));
         s.alloc(8);
         assert!(s.should_request(64));
-        let empty: DiffStorage<Vec<Extent>> = DiffStorage::new(vec![]);
+        let empty: DiffStorage<Vec<Extent<u32>>> = DiffStorage::new(vec![]);
         assert_eq!(empty.free(), 0);
     }
 

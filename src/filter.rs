@@ -24,6 +24,7 @@
 use crate::{
     diff_area::{DiffArea, WriteNeed},
     sys::{
+        bdev::DevNum,
         bio::{Bio, DevIdentity, Op, Submitted},
         hook::{bio_filter, BioFilter},
         sync::{PreemptOff, TakeBarrier},
@@ -105,7 +106,7 @@ fn submit(bio: Submitted, preempt_off: &PreemptOff) -> Option<Submitted> {
 /// write may pass now.
 fn decide_for(
     preempt_off: &PreemptOff,
-    dev: u32,
+    dev: DevNum,
     identity: DevIdentity,
     sector: u64,
     sectors: u64,

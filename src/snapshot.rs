@@ -18,7 +18,7 @@ use crate::{
     params::Params,
     snapimage::{ImageHandle, Minors},
     storage::Storage,
-    sys::{bdev, disk::ImageMajor, errno, sync::TakeBarrier, CowQueue},
+    sys::{bdev::DevNum, disk::ImageMajor, errno, sync::TakeBarrier, CowQueue},
     tracker::{random_uuid, Tracker},
     uapi,
 };
@@ -82,7 +82,7 @@ impl Snapshot {
     }
 
     /// Whether a tracker of this snapshot tracks `dev`.
-    pub(crate) fn has_device(&self, dev: u32) -> bool {
+    pub(crate) fn has_device(&self, dev: DevNum) -> bool {
         self.trackers.iter().any(|t| t.dev() == dev)
     }
 
@@ -97,7 +97,11 @@ impl Snapshot {
     }
 
     /// SNAPSHOT_APPEND_STORAGE (see `Storage::append`).
-    pub(crate) fn append_storage(&self, dev: u32, ranges: &[uapi::blk_snap_block_range]) -> Result {
+    pub(crate) fn append_storage(
+        &self,
+        dev: DevNum,
+        ranges: &[uapi::blk_snap_block_range],
+    ) -> Result {
         self.storage.append(dev, ranges)
     }
 
@@ -110,8 +114,8 @@ impl Snapshot {
             out.push(
                 uapi::blk_snap_image_info {
                     orig_dev_id: uapi::blk_snap_dev {
-                        mj: bdev::major(orig),
-                        mn: bdev::minor(orig),
+                        mj: orig.major(),
+                        mn: orig.minor(),
                     },
                     image_dev_id: uapi::blk_snap_dev { mj, mn },
                 },

@@ -18,10 +18,10 @@
 
 use crate::sys::compat::prelude::*;
 use crate::{
-    diff_storage::{self, DiffStorage, Extent, Slot},
+    diff_storage::{self, DiffStorage, Extent},
     event_queue::EventQueue,
     sys::{
-        bdev::{self, BlockDevice},
+        bdev::{BlockDevice, DevNum},
         sync::{new_irq_spinlock, IrqSpinLock},
     },
     uapi,
@@ -32,9 +32,12 @@ use kernel::{
     sync::{Arc, Mutex},
 };
 
+/// Where one chunk's data is in the difference storage.
+pub(crate) type Slot = diff_storage::Slot<DevNum>;
+
 /// What the difference storage holds under its lock.
 struct StorageInner {
-    accounting: DiffStorage<KVec<Extent>>,
+    accounting: DiffStorage<KVec<Extent<DevNum>>>,
 }
 
 /// A snapshot's difference storage: the ranges user space appended, and
@@ -75,7 +78,7 @@ impl Storage {
     /// SNAPSHOT_APPEND_STORAGE: adds page-aligned ranges of `dev`. `EINVAL`
     /// for an empty, misaligned, overflowing, out-of-device or overlapping
     /// range; nothing is added unless every range is valid.
-    pub(crate) fn append(&self, dev: u32, ranges: &[uapi::blk_snap_block_range]) -> Result {
+    pub(crate) fn append(&self, dev: DevNum, ranges: &[uapi::blk_snap_block_range]) -> Result {
         let bdev = BlockDevice::open(dev)?;
         let capacity = bdev.nr_sectors();
         let mut inner = self.inner.lock();
@@ -133,24 +136,21 @@ impl Storage {
 
     /// Marks the snapshot corrupted because of `err` on `orig` (queues the
     /// one `corrupted` event).
-    pub(crate) fn corrupt(&self, orig: u32, err: Error) {
+    pub(crate) fn corrupt(&self, orig: DevNum, err: Error) {
         if self.corrupted.swap(true, Ordering::AcqRel) {
             return;
         }
         if crate::sys::log_allowed() {
             pr_err!(
                 "snapshot of {}:{} corrupted: error {}\n",
-                bdev::major(orig),
-                bdev::minor(orig),
+                orig.major(),
+                orig.minor(),
                 err.to_errno()
             );
         }
         // struct blk_snap_event_corrupted: orig_dev_id, err_code.
         let mut data = [0u8; 12];
-        let (mj, mn) = (
-            bdev::major(orig).to_ne_bytes(),
-            bdev::minor(orig).to_ne_bytes(),
-        );
+        let (mj, mn) = (orig.major().to_ne_bytes(), orig.minor().to_ne_bytes());
         let code = (-err.to_errno()).to_ne_bytes();
         let fields = Iterator::chain(Iterator::chain(mj.iter(), mn.iter()), code.iter());
         for (d, s) in data.iter_mut().zip(fields) {
@@ -176,7 +176,7 @@ impl Storage {
     }
 
     /// The open storage device `dev`. Does not sleep.
-    pub(crate) fn device(&self, dev: u32) -> Result<Arc<BlockDevice>> {
+    pub(crate) fn device(&self, dev: DevNum) -> Result<Arc<BlockDevice>> {
         self.devices
             .lock()
             .iter()

@@ -23,7 +23,7 @@ use crate::{
     diff_area::DiffArea,
     params::Params,
     sys::{
-        bdev::{self, BlockDevice},
+        bdev::{BlockDevice, DevNum},
         dev_index::{DevIndex, IndexOwner, Keyed},
         sync::{new_irq_spinlock, IrqSpinLock},
     },
@@ -49,14 +49,14 @@ pub(crate) struct TrackerState {
 /// Change tracking of one device.
 #[pin_data]
 pub(crate) struct Tracker {
-    dev: u32,
+    dev: DevNum,
     bdev: BlockDevice,
     #[pin]
     cbt: IrqSpinLock<TrackerState>,
 }
 
 impl Keyed for Tracker {
-    fn key(&self) -> u32 {
+    fn key(&self) -> DevNum {
         self.dev
     }
 }
@@ -98,7 +98,7 @@ impl FreshMap {
 
 impl Tracker {
     /// Opens `dev` and creates its tracker with empty tables.
-    fn new(dev: u32, params: &Params) -> Result<Arc<Self>> {
+    fn new(dev: DevNum, params: &Params) -> Result<Arc<Self>> {
         let bdev = BlockDevice::open(dev)?;
         let fresh = FreshMap::new(bdev.nr_sectors(), params)?;
         let map = CbtMap::new(fresh.geometry, fresh.active, fresh.readable, random_uuid())
@@ -119,7 +119,7 @@ impl Tracker {
     }
 
     /// The tracked device (`dev_t`).
-    pub(crate) fn dev(&self) -> u32 {
+    pub(crate) fn dev(&self) -> DevNum {
         self.dev
     }
 
@@ -160,8 +160,8 @@ impl Tracker {
         let g = cbt.geometry();
         blk_snap_cbt_info {
             dev_id: blk_snap_dev {
-                mj: bdev::major(self.dev),
-                mn: bdev::minor(self.dev),
+                mj: self.dev.major(),
+                mn: self.dev.minor(),
             },
             blk_size: g.blk_size(),
             device_capacity: g.capacity.saturating_mul(512),
@@ -204,8 +204,8 @@ impl Tracker {
         if cbt.switch(new_generation) == Switch::Wrapped && crate::sys::log_allowed() {
             pr_info!(
                 "{}:{}: change tracking wrapped, new generation\n",
-                bdev::major(self.dev),
-                bdev::minor(self.dev)
+                self.dev.major(),
+                self.dev.minor()
             );
         }
         old
@@ -232,12 +232,12 @@ impl Registry {
     }
 
     /// The tracker of `dev`, if any.
-    pub(crate) fn find(&self, dev: u32) -> Option<&Arc<Tracker>> {
+    pub(crate) fn find(&self, dev: DevNum) -> Option<&Arc<Tracker>> {
         self.trackers.iter().find(|t| t.dev == dev)
     }
 
     /// The tracker of `dev`, created (and indexed) if there is none.
-    pub(crate) fn attach(&mut self, dev: u32, params: &Params) -> Result<Arc<Tracker>> {
+    pub(crate) fn attach(&mut self, dev: DevNum, params: &Params) -> Result<Arc<Tracker>> {
         if let Some(t) = self.find(dev) {
             return Ok(t.clone());
         }
@@ -251,7 +251,7 @@ impl Registry {
 
     /// Stops tracking `dev`. `ENODEV` if it is not tracked. The caller has
     /// checked that no snapshot holds it.
-    pub(crate) fn remove(&mut self, dev: u32) -> Result {
+    pub(crate) fn remove(&mut self, dev: DevNum) -> Result {
         let pos = self
             .trackers
             .iter()

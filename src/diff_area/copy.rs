@@ -10,7 +10,7 @@
 //! lock is taken only to record the outcome, never around I/O.
 
 use super::{DiffArea, State};
-use crate::diff_storage::Slot;
+use crate::storage::Slot;
 use crate::sys::bio::{pages_io, PageIo};
 use crate::sys::compat::prelude::*;
 use core::sync::atomic::Ordering;

@@ -22,7 +22,7 @@ use super::{Chunk, DiffArea, State, Step};
 use crate::sys::compat::prelude::*;
 use crate::{
     chunk_geometry::ReadTag,
-    diff_storage::Slot,
+    storage::Slot,
     sys::bio::{Bio, RedirectDone},
 };
 use core::sync::atomic::Ordering;

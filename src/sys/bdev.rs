@@ -13,23 +13,45 @@ use super::bindings;
 use kernel::{error::from_err_ptr, prelude::*};
 
 /// Largest major number a `dev_t` can carry.
-pub(crate) const MAJOR_MAX: u32 = (1 << 12) - 1;
+const MAJOR_MAX: u32 = (1 << 12) - 1;
 /// Largest minor number a `dev_t` can carry.
-pub(crate) const MINOR_MAX: u32 = (1 << 20) - 1;
+const MINOR_MAX: u32 = (1 << 20) - 1;
 
-/// Encodes a kernel `dev_t` (`MKDEV`), or `None` if a part does not fit.
-pub(crate) fn mkdev(major: u32, minor: u32) -> Option<u32> {
-    (major <= MAJOR_MAX && minor <= MINOR_MAX).then_some((major << 20) | minor)
+/// A device number: the kernel's `dev_t` (`MKDEV(major, minor)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DevNum(u32);
+
+impl DevNum {
+    /// The number of `major:minor`, or `None` if a part does not fit.
+    pub(crate) fn new(major: u32, minor: u32) -> Option<Self> {
+        (major <= MAJOR_MAX && minor <= MINOR_MAX).then_some(DevNum((major << 20) | minor))
+    }
+
+    /// A number as the kernel stores it (every `u32` is one).
+    pub(super) fn from_raw(dev: u32) -> Self {
+        DevNum(dev)
+    }
+
+    /// The number as the kernel stores it.
+    pub(crate) fn raw(self) -> u32 {
+        self.0
+    }
+
+    /// The major part.
+    pub(crate) fn major(self) -> u32 {
+        self.0 >> 20
+    }
+
+    /// The minor part.
+    pub(crate) fn minor(self) -> u32 {
+        self.0 & MINOR_MAX
+    }
 }
 
-/// Major part of a kernel `dev_t`.
-pub(crate) const fn major(dev: u32) -> u32 {
-    dev >> 20
-}
-
-/// Minor part of a kernel `dev_t`.
-pub(crate) const fn minor(dev: u32) -> u32 {
-    dev & MINOR_MAX
+impl core::fmt::Display for DevNum {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}:{}", self.major(), self.minor())
+    }
 }
 
 /// An open block device.
@@ -53,11 +75,11 @@ unsafe impl Sync for BlockDevice {}
 impl BlockDevice {
     /// Opens the block device `dev` (a kernel `dev_t`) for reading.
     /// `ENXIO`/`ENODEV` if there is none.
-    pub(crate) fn open(dev: u32) -> Result<Self> {
+    pub(crate) fn open(dev: DevNum) -> Result<Self> {
         // SAFETY: no holder, no holder ops: a shared, non-exclusive open.
         let file = from_err_ptr(unsafe {
             bindings::bdev_file_open_by_dev(
-                dev,
+                dev.raw(),
                 bindings::BLKSNAP_OPEN_READ,
                 core::ptr::null_mut(),
                 core::ptr::null(),
@@ -85,10 +107,10 @@ impl BlockDevice {
         super::bio::DevIdentity::of(self.bdev)
     }
 
-    /// The device number (`dev_t`).
-    pub(crate) fn dev(&self) -> u32 {
+    /// The device number.
+    pub(crate) fn dev(&self) -> DevNum {
         // SAFETY: `bdev` is valid while the file is open (invariant).
-        unsafe { bindings::blksnap_bdev_dev(self.bdev) }
+        DevNum(unsafe { bindings::blksnap_bdev_dev(self.bdev) })
     }
 
     /// Capacity in sectors (0 once the disk is gone).

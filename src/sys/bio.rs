@@ -4,7 +4,7 @@
 //!
 //! Locking: none; a snapshot of the bio's fields at submission.
 
-use super::bindings;
+use super::{bdev::DevNum, bindings};
 use core::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use kernel::types::Opaque;
 
@@ -46,15 +46,18 @@ impl BioInfo {
     }
 
     /// The device the bio was submitted to: its number and identity.
-    pub(crate) fn dev(&self) -> (u32, DevIdentity) {
-        (self.0.dev, DevIdentity(self.0.bdev as usize))
+    pub(crate) fn dev(&self) -> (DevNum, DevIdentity) {
+        (
+            DevNum::from_raw(self.0.dev),
+            DevIdentity(self.0.bdev as usize),
+        )
     }
 
     /// The whole disk of that device (number and identity) and the bio's
     /// first sector on it.
-    pub(crate) fn whole(&self) -> (u32, DevIdentity, u64) {
+    pub(crate) fn whole(&self) -> (DevNum, DevIdentity, u64) {
         (
-            self.0.whole_dev,
+            DevNum::from_raw(self.0.whole_dev),
             DevIdentity(self.0.whole as usize),
             self.0.sector.saturating_add(self.0.start_sect),
         )
@@ -390,7 +393,9 @@ where
         // SAFETY: initialised above; the last `batch_endio` completes it.
         unsafe { bindings::wait_for_completion_io(batch.done.get()) };
     }
-    result.and(kernel::error::to_result(batch.error.load(Ordering::Acquire)))
+    result.and(kernel::error::to_result(
+        batch.error.load(Ordering::Acquire),
+    ))
 }
 
 /// The bios of one [`pages_io`] call in flight, waited for together.

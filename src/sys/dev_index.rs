@@ -19,7 +19,7 @@
 //! holds it, under the control mutex); the xarray's own lock serializes its
 //! updates. Lookups need no lock.
 
-use super::{bindings, sync::PreemptOff};
+use super::{bdev::DevNum, bindings, sync::PreemptOff};
 use core::{
     marker::PhantomData,
     ptr,
@@ -34,7 +34,7 @@ use kernel::{
 /// What the index keys an object by.
 pub(crate) trait Keyed {
     /// The device number the object is indexed at.
-    fn key(&self) -> u32;
+    fn key(&self) -> DevNum;
 }
 
 /// Slots of the front table (a power of two).
@@ -42,7 +42,8 @@ const SLOTS: usize = 64;
 
 /// The front slot of device number `dev` (`major << 20 | minor`): the
 /// minor's low bits, mixed with the major.
-fn slot_of(dev: u32) -> usize {
+fn slot_of(dev: DevNum) -> usize {
+    let dev = dev.raw();
     ((dev ^ (dev >> 20).wrapping_mul(0x9e37)) as usize) % SLOTS
 }
 
@@ -99,7 +100,7 @@ impl<T: Keyed + Send + Sync> DevIndex<T> {
     pub(crate) fn with<R>(
         &self,
         _rcu: &PreemptOff,
-        dev: u32,
+        dev: DevNum,
         f: impl FnOnce(ArcBorrow<'_, T>) -> R,
     ) -> Option<R> {
         let p = self.front[slot_of(dev)].load(Ordering::Acquire);
@@ -118,7 +119,7 @@ impl<T: Keyed + Send + Sync> DevIndex<T> {
         }
         // SAFETY: `xa_load` may be called in any context on an initialised
         // xarray.
-        let p = unsafe { bindings::xa_load(Self::xa(), dev as usize) };
+        let p = unsafe { bindings::xa_load(Self::xa(), dev.raw() as usize) };
         if p.is_null() {
             return None;
         }
@@ -151,8 +152,13 @@ impl<T: Keyed + Send + Sync + 'static> IndexOwner<T> {
         let p = Arc::into_raw(obj);
         // SAFETY: `xa_insert` (GFP_KERNEL) in process context; on success
         // the index owns `p` (the type invariant).
-        let ret =
-            unsafe { bindings::blksnap_xa_insert(DevIndex::<T>::xa(), dev as usize, p.cast_mut().cast()) };
+        let ret = unsafe {
+            bindings::blksnap_xa_insert(
+                DevIndex::<T>::xa(),
+                dev.raw() as usize,
+                p.cast_mut().cast(),
+            )
+        };
         if ret != 0 {
             // SAFETY: not stored: give the reference back.
             drop(unsafe { Arc::from_raw(p) });
@@ -170,9 +176,9 @@ impl<T: Keyed + Send + Sync + 'static> IndexOwner<T> {
 
     /// Removes the object indexed at `dev` and returns the index's
     /// reference once no lookup can still see it. Sleeps.
-    pub(crate) fn remove(&mut self, dev: u32) -> Option<Arc<T>> {
+    pub(crate) fn remove(&mut self, dev: DevNum) -> Option<Arc<T>> {
         // SAFETY: process context; `xa_load` may be called anywhere.
-        let p = unsafe { bindings::xa_load(DevIndex::<T>::xa(), dev as usize) };
+        let p = unsafe { bindings::xa_load(DevIndex::<T>::xa(), dev.raw() as usize) };
         if p.is_null() {
             return None;
         }
@@ -183,7 +189,7 @@ impl<T: Keyed + Send + Sync + 'static> IndexOwner<T> {
             self.index.overflow.fetch_sub(1, Ordering::Release);
         }
         // SAFETY: process context; the xarray serializes with other writers.
-        let p = unsafe { bindings::xa_erase(DevIndex::<T>::xa(), dev as usize) };
+        let p = unsafe { bindings::xa_erase(DevIndex::<T>::xa(), dev.raw() as usize) };
         if p.is_null() {
             // Only the owner removes: the entry loaded above is still there.
             return None;

@@ -23,7 +23,8 @@ pub(crate) mod sync;
 pub(crate) mod work;
 
 /// Generated at build time from `src/sys/bindings.h` with the kernel's own
-/// bindgen flags (see `Kbuild`).
+/// bindgen flags (see `Kbuild`). Which of these lints fire depends on the
+/// kernel's headers, so they are allowed, not expected.
 #[allow(
     dead_code,
     missing_docs,
