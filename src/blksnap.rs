@@ -28,6 +28,8 @@ mod event_queue;
 mod filter;
 #[expect(dead_code, unreachable_pub, reason = "also the host tests' API")]
 mod params;
+#[expect(dead_code, unreachable_pub, reason = "also the host tests' API")]
+mod ring;
 mod snapimage;
 mod snapshot;
 mod storage;

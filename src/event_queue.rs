@@ -2,15 +2,15 @@
 
 //! A snapshot's event queue: what SNAPSHOT_WAIT_EVENT hands to user space.
 //!
-//! Events are kept in a ring allocated at snapshot create, so queuing one
-//! never allocates (it may happen on the I/O path). When the ring is full
-//! the oldest event is dropped: the newest state matters most.
+//! Events are kept in a [`Ring`] allocated at snapshot create, so queuing
+//! one never allocates (it may happen on the I/O path). When the ring is
+//! full the oldest event is dropped: the newest state matters most.
 //!
 //! Locking: `inner` (a spinlock, taken with interrupts enabled: events are
 //! queued from process context and work items only) protects the ring and
 //! the closed flag; `wait` is signalled on every push and on close.
 
-use crate::cbt_map::copy_prefix;
+use crate::{cbt_map::copy_prefix, ring::Ring};
 use kernel::{
     new_condvar, new_spinlock,
     prelude::*,
@@ -37,10 +37,7 @@ pub(crate) struct Event {
 
 struct Inner {
     /// `CAPACITY` slots, allocated at creation.
-    ring: KVec<Event>,
-    /// Index of the oldest event.
-    head: usize,
-    len: usize,
+    ring: Ring<KVec<Event>>,
     closed: bool,
 }
 
@@ -63,9 +60,7 @@ impl EventQueue {
         };
         let ring = KVec::from_elem(empty, CAPACITY, GFP_KERNEL)?;
         let inner = Inner {
-            ring,
-            head: 0,
-            len: 0,
+            ring: Ring::new(ring),
             closed: false,
         };
         Ok(try_pin_init!(EventQueue {
@@ -87,19 +82,7 @@ impl EventQueue {
             if q.closed {
                 return;
             }
-            if q.len < CAPACITY {
-                let tail = (q.head + q.len) % CAPACITY;
-                if let Some(slot) = q.ring.get_mut(tail) {
-                    *slot = event;
-                    q.len += 1;
-                }
-            } else {
-                let head = q.head;
-                if let Some(slot) = q.ring.get_mut(head) {
-                    *slot = event;
-                }
-                q.head = (head + 1) % CAPACITY;
-            }
+            q.ring.push(event);
         }
         self.wait.notify_one();
     }
@@ -113,9 +96,7 @@ impl EventQueue {
             if q.closed {
                 return Err(ESRCH);
             }
-            if let Some(&e) = q.ring.get(q.head).filter(|_| q.len > 0) {
-                q.head = (q.head + 1) % CAPACITY;
-                q.len -= 1;
+            if let Some(e) = q.ring.pop() {
                 return Ok(e);
             }
             if jiffies == 0 {

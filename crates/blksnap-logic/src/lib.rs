@@ -16,5 +16,8 @@ pub mod chunk_bits;
 #[path = "../../../src/chunk_geometry.rs"]
 pub mod chunk_geometry;
 
+#[path = "../../../src/ring.rs"]
+pub mod ring;
+
 #[path = "../../../src/diff_storage.rs"]
 pub mod diff_storage;
