@@ -16,6 +16,7 @@
 //! to every write.
 
 use crate::params::Params;
+use crate::sys::sectors::Sectors;
 use core::ops::DerefMut;
 
 /// Sector size the block layer counts in.
@@ -69,12 +70,13 @@ impl Geometry {
         1 << self.blk_shift
     }
 
-    /// The blocks `[first, end)` that sectors `[sector, sector + count)`
-    /// touch, clipped to the device. Empty when nothing is inside.
-    pub fn blocks(&self, sector: u64, count: u64) -> core::ops::Range<u32> {
+    /// The blocks `[first, end)` that `sectors` touch, clipped to the
+    /// device. Empty when nothing is inside.
+    pub fn blocks(&self, sectors: Sectors) -> core::ops::Range<u32> {
+        let sector = sectors.start;
         let shift = self.blk_shift - SECTOR_SHIFT;
-        let end_sector = sector.saturating_add(count).min(self.capacity);
-        if count == 0 || sector >= end_sector {
+        let end_sector = sectors.end().min(self.capacity);
+        if sectors.is_empty() || sector >= end_sector {
             return 0..0;
         }
         let first = sector >> shift;
@@ -167,18 +169,18 @@ impl<T: DerefMut<Target = [u8]>> CbtMap<T> {
         &self.active_table
     }
 
-    /// Marks the blocks that sectors `[sector, sector + count)` touch as
+    /// Marks the blocks that `sectors` touch as
     /// changed in the active snapshot (a write, discard or write-zeroes).
-    pub fn mark(&mut self, sector: u64, count: u64) {
-        let range = self.geometry.blocks(sector, count);
+    pub fn mark(&mut self, sectors: Sectors) {
+        let range = self.geometry.blocks(sectors);
         raise(&mut self.active_table, range, self.active);
     }
 
     /// MARK_DIRTY_BLOCKS and writes to a snapshot image: marks both tables,
     /// so the change shows in the readable table of the snapshot held now and
     /// in the next one.
-    pub fn mark_both(&mut self, sector: u64, count: u64) {
-        let range = self.geometry.blocks(sector, count);
+    pub fn mark_both(&mut self, sectors: Sectors) {
+        let range = self.geometry.blocks(sectors);
         raise(&mut self.active_table, range.clone(), self.active);
         raise(&mut self.readable_table, range, self.previous);
     }
@@ -296,25 +298,25 @@ mod tests {
     fn sector_ranges_map_to_touched_blocks() {
         // 8 blocks of 4 KiB (8 sectors each).
         let g = Geometry::new(64, &params(12, 12, 100)).unwrap();
-        assert_eq!(g.blocks(0, 1), 0..1);
-        assert_eq!(g.blocks(7, 2), 0..2);
-        assert_eq!(g.blocks(8, 8), 1..2);
-        assert_eq!(g.blocks(60, 100), 7..8);
-        assert_eq!(g.blocks(64, 8), 0..0);
-        assert_eq!(g.blocks(3, 0), 0..0);
-        assert_eq!(g.blocks(u64::MAX, u64::MAX), 0..0);
+        assert_eq!(g.blocks(Sectors::new(0, 1)), 0..1);
+        assert_eq!(g.blocks(Sectors::new(7, 2)), 0..2);
+        assert_eq!(g.blocks(Sectors::new(8, 8)), 1..2);
+        assert_eq!(g.blocks(Sectors::new(60, 100)), 7..8);
+        assert_eq!(g.blocks(Sectors::new(64, 8)), 0..0);
+        assert_eq!(g.blocks(Sectors::new(3, 0)), 0..0);
+        assert_eq!(g.blocks(Sectors::new(u64::MAX, u64::MAX)), 0..0);
     }
 
     #[test]
     fn take_copies_and_advances() {
         let mut m = map(64, &params(12, 12, 100));
         assert_eq!((m.snap_number(), m.active_number()), (0, 1));
-        m.mark(0, 8);
+        m.mark(Sectors::new(0, 8));
         assert_eq!(m.switch([1; 16]), Switch::Advanced);
         assert_eq!((m.snap_number(), m.active_number()), (1, 2));
         assert_eq!(m.readable(), &[1, 0, 0, 0, 0, 0, 0, 0]);
         // Writes while held change only the active table.
-        m.mark(8, 8);
+        m.mark(Sectors::new(8, 8));
         assert_eq!(m.readable(), &[1, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(m.active_table(), &[1, 2, 0, 0, 0, 0, 0, 0]);
         m.switch([1; 16]);
@@ -325,12 +327,12 @@ mod tests {
     #[test]
     fn wrap_starts_a_new_generation() {
         let mut m = map(64, &params(12, 12, 100));
-        m.mark(0, 1);
+        m.mark(Sectors::new(0, 1));
         for _ in 1..255 {
             assert_eq!(m.switch([9; 16]), Switch::Advanced);
         }
         assert_eq!(m.active_number(), 255);
-        m.mark(8, 1);
+        m.mark(Sectors::new(8, 1));
         assert_eq!(m.switch([9; 16]), Switch::Wrapped);
         assert_eq!((m.snap_number(), m.active_number()), (255, 1));
         assert_eq!(m.generation_id(), &[9; 16]);
@@ -342,19 +344,19 @@ mod tests {
     fn mark_both_reaches_the_readable_table() {
         let mut m = map(64, &params(12, 12, 100));
         m.switch([0; 16]);
-        m.mark_both(16, 1);
+        m.mark_both(Sectors::new(16, 1));
         assert_eq!(m.readable()[2], 1);
         assert_eq!(m.active_table()[2], 2);
         // Never lowers a byte.
-        m.mark(24, 1);
-        m.mark_both(24, 1);
+        m.mark(Sectors::new(24, 1));
+        m.mark_both(Sectors::new(24, 1));
         assert_eq!(m.active_table()[3], 2);
     }
 
     #[test]
     fn read_copies_from_offset() {
         let mut m = map(64, &params(12, 12, 100));
-        m.mark(56, 8);
+        m.mark(Sectors::new(56, 8));
         m.switch([0; 16]);
         let mut buf = [0xffu8; 5];
         assert_eq!(m.read(5, &mut buf), 3);
@@ -366,7 +368,7 @@ mod tests {
     #[test]
     fn reset_starts_over() {
         let mut m = map(64, &params(12, 12, 100));
-        m.mark(0, 64);
+        m.mark(Sectors::new(0, 64));
         m.switch([0; 16]);
         let g = Geometry::new(128, &params(12, 12, 100)).unwrap();
         assert!(m.reset(g, vec![0; 3], vec![0; 3], [5; 16]).is_none());
@@ -414,7 +416,7 @@ mod tests {
                 _ => {
                     let s = rnd(capacity + 10);
                     let c = rnd(3 * bs) + 1;
-                    m.mark(s, c);
+                    m.mark(Sectors::new(s, c));
                     let end = (s + c).min(capacity);
                     if s < end {
                         for b in (s / bs)..=((end - 1) / bs) {

@@ -10,6 +10,7 @@
 //!
 //! Locking: none; [`Geometry`] is fixed at TAKE and copied freely.
 
+use crate::sys::sectors::Sectors;
 use core::ops::Range;
 
 /// How much one held-back write copies with its I/O in flight together:
@@ -57,11 +58,10 @@ impl Geometry {
         self.capacity.div_ceil(self.chunk_sectors())
     }
 
-    /// The chunks sectors `[sector, sector + count)` touch, clipped to the
-    /// capacity.
-    pub fn range(self, sector: u64, count: u64) -> Range<u64> {
-        let end = sector.saturating_add(count).min(self.capacity);
-        if count == 0 || sector >= end {
+    /// The chunks `sectors` touch, clipped to the capacity.
+    pub fn range(self, sectors: Sectors) -> Range<u64> {
+        let (sector, end) = (sectors.start, sectors.end().min(self.capacity));
+        if sectors.is_empty() || sector >= end {
             return 0..0;
         }
         let shift = self.chunk_shift - 9;
@@ -75,12 +75,12 @@ impl Geometry {
         cs.min(self.capacity.saturating_sub(c.saturating_mul(cs)))
     }
 
-    /// The part of `[sector, sector + count)` that lies in its first chunk,
-    /// in sectors, if the range goes on past that chunk.
-    pub fn first_part(self, sector: u64, count: u64) -> Option<u64> {
+    /// The part of `sectors` that lies in its first chunk, in sectors, if
+    /// the range goes on past that chunk.
+    pub fn first_part(self, sectors: Sectors) -> Option<u64> {
         let cs = self.chunk_sectors();
-        let part = cs - sector % cs;
-        (part < count).then_some(part)
+        let part = cs - sectors.start % cs;
+        (part < sectors.count).then_some(part)
     }
 
     /// Chunks per copy batch (see [`COPY_BATCH_BYTES`]): at least one.
@@ -174,16 +174,16 @@ mod tests {
     #[test]
     fn range_is_clipped_and_exact() {
         let g = g();
-        assert_eq!(g.range(0, 0), 0..0);
-        assert_eq!(g.range(0, 1), 0..1);
-        assert_eq!(g.range(127, 1), 0..1);
-        assert_eq!(g.range(127, 2), 0..2);
-        assert_eq!(g.range(128, 128), 1..2);
-        assert_eq!(g.range(0, 1000), 0..8);
-        assert_eq!(g.range(999, 100), 7..8);
-        assert_eq!(g.range(1000, 8), 0..0);
-        assert_eq!(g.range(u64::MAX, u64::MAX), 0..0);
-        assert_eq!(g.range(5, u64::MAX), 0..8);
+        assert_eq!(g.range(Sectors::new(0, 0)), 0..0);
+        assert_eq!(g.range(Sectors::new(0, 1)), 0..1);
+        assert_eq!(g.range(Sectors::new(127, 1)), 0..1);
+        assert_eq!(g.range(Sectors::new(127, 2)), 0..2);
+        assert_eq!(g.range(Sectors::new(128, 128)), 1..2);
+        assert_eq!(g.range(Sectors::new(0, 1000)), 0..8);
+        assert_eq!(g.range(Sectors::new(999, 100)), 7..8);
+        assert_eq!(g.range(Sectors::new(1000, 8)), 0..0);
+        assert_eq!(g.range(Sectors::new(u64::MAX, u64::MAX)), 0..0);
+        assert_eq!(g.range(Sectors::new(5, u64::MAX)), 0..8);
     }
 
     #[test]
@@ -199,7 +199,11 @@ mod tests {
                     (Some(a), Some(b)) => *a..*b + 1,
                     _ => 0..0,
                 };
-                assert_eq!(g.range(sector, count), want, "{sector}+{count}");
+                assert_eq!(
+                    g.range(Sectors::new(sector, count)),
+                    want,
+                    "{sector}+{count}"
+                );
             }
         }
     }
@@ -207,10 +211,10 @@ mod tests {
     #[test]
     fn first_part() {
         let g = g();
-        assert_eq!(g.first_part(0, 128), None);
-        assert_eq!(g.first_part(0, 129), Some(128));
-        assert_eq!(g.first_part(100, 28), None);
-        assert_eq!(g.first_part(100, 29), Some(28));
+        assert_eq!(g.first_part(Sectors::new(0, 128)), None);
+        assert_eq!(g.first_part(Sectors::new(0, 129)), Some(128));
+        assert_eq!(g.first_part(Sectors::new(100, 28)), None);
+        assert_eq!(g.first_part(Sectors::new(100, 29)), Some(28));
     }
 
     #[test]

@@ -38,7 +38,9 @@ use crate::{
     params::Params,
     snapimage::Minors,
     snapshot::{Snapshot, TakeContext},
-    sys::{self, bdev::DevNum, disk::ImageMajor, errno, miscdev::FileOps, CowQueue},
+    sys::{
+        self, bdev::DevNum, disk::ImageMajor, errno, miscdev::FileOps, sectors::Sectors, CowQueue,
+    },
     tracker::{Registry, Tracker},
     uapi::*,
 };
@@ -321,7 +323,7 @@ impl Control {
             return Err(EINVAL);
         }
         for r in ranges.iter() {
-            tracker.mark_dirty(r.sector_offset, r.sector_count);
+            tracker.mark_dirty(Sectors::new(r.sector_offset, r.sector_count));
         }
         Ok(0)
     }

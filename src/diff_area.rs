@@ -38,6 +38,7 @@ use crate::{
     chunk_geometry::Geometry,
     storage::{Slot, Storage},
     sys::{
+        sectors::Sectors,
         sync::{new_irq_spinlock, IrqSpinLock},
         CowQueue,
     },
@@ -273,18 +274,18 @@ impl DiffArea {
     /// For the bio filter, lock-free: whether a write of these sectors
     /// surely passes without copy-on-write. `false` means "ask
     /// [`DiffArea::write_need`]".
-    pub(crate) fn write_passes(&self, sector: u64, count: u64) -> bool {
-        !self.usable() || self.settled.all_set(self.geometry.range(sector, count))
+    pub(crate) fn write_passes(&self, sectors: Sectors) -> bool {
+        !self.usable() || self.settled.all_set(self.geometry.range(sectors))
     }
 
     /// For the bio filter, in atomic context: whether a write of these
     /// sectors must wait for copy-on-write.
-    pub(crate) fn write_need(&self, sector: u64, count: u64) -> WriteNeed {
-        if self.write_passes(sector, count) {
+    pub(crate) fn write_need(&self, sectors: Sectors) -> WriteNeed {
+        if self.write_passes(sectors) {
             return WriteNeed::Nothing;
         }
         let chunks = self.chunks.lock();
-        for c in self.geometry.range(sector, count) {
+        for c in self.geometry.range(sectors) {
             match chunks.get(&c) {
                 Some(Chunk {
                     state: State::Stored(_) | State::Failed,
@@ -300,8 +301,8 @@ impl DiffArea {
     /// write touches that is not stored yet, and waits until no image read
     /// of them is in flight on the original. A failure corrupts the snapshot
     /// but never the write: it goes on afterwards either way.
-    pub(crate) fn prepare_write(&self, sector: u64, count: u64) {
-        let range = self.geometry.range(sector, count);
+    pub(crate) fn prepare_write(&self, sectors: Sectors) {
+        let range = self.geometry.range(sectors);
         let batch = self.geometry.batch_chunks() as u64;
         let mut start = range.start;
         while start < range.end {

@@ -27,6 +27,7 @@ use crate::{
         bdev::DevNum,
         bio::{Bio, DevIdentity, Op, Submitted},
         hook::{bio_filter, BioFilter},
+        sectors::Sectors,
         sync::{PreemptOff, TakeBarrier},
         work, NoIo,
     },
@@ -115,8 +116,8 @@ fn decide_for(
         if t.bdev().identity() != identity {
             return None;
         }
-        let area = t.mark(sector, sectors)?;
-        match area.write_need(sector, sectors) {
+        let area = t.mark(Sectors::new(sector, sectors))?;
+        match area.write_need(Sectors::new(sector, sectors)) {
             WriteNeed::Nothing => None,
             WriteNeed::Copy => Some((area, sector)),
         }
@@ -127,7 +128,7 @@ fn decide_for(
 fn copy_then_pass(held: Held) {
     let _noio = NoIo::enter();
     for (area, sector) in held.areas.iter().flatten() {
-        area.prepare_write(*sector, held.sectors);
+        area.prepare_write(Sectors::new(*sector, held.sectors));
     }
     held.bio.pass();
 }

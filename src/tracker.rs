@@ -25,6 +25,7 @@ use crate::{
     sys::{
         bdev::{BlockDevice, DevNum},
         dev_index::{DevIndex, IndexOwner, Keyed},
+        sectors::Sectors,
         sync::{new_irq_spinlock, IrqSpinLock},
     },
     uapi::{blk_snap_cbt_info, blk_snap_dev, blk_snap_uuid},
@@ -128,23 +129,23 @@ impl Tracker {
         &self.bdev
     }
 
-    /// Marks sectors `[sector, sector + count)` changed by a write and
+    /// Marks `sectors` changed by a write and
     /// returns the copy-on-write state it may have to go through: none when
     /// the device is in no taken snapshot or the chunks are known to be
     /// settled. Called by the filter under the take barrier; never sleeps.
-    pub(crate) fn mark(&self, sector: u64, count: u64) -> Option<Arc<DiffArea>> {
+    pub(crate) fn mark(&self, sectors: Sectors) -> Option<Arc<DiffArea>> {
         let mut state = self.cbt.lock();
-        state.map.mark(sector, count);
+        state.map.mark(sectors);
         state
             .area
             .as_ref()
-            .filter(|area| !area.write_passes(sector, count))
+            .filter(|area| !area.write_passes(sectors))
             .cloned()
     }
 
     /// MARK_DIRTY_BLOCKS and image writes: marks both tables.
-    pub(crate) fn mark_dirty(&self, sector: u64, count: u64) {
-        self.cbt.lock().map.mark_both(sector, count);
+    pub(crate) fn mark_dirty(&self, sectors: Sectors) {
+        self.cbt.lock().map.mark_both(sectors);
     }
 
     /// Attaches or detaches copy-on-write state; called with the take

@@ -66,12 +66,12 @@ impl DiffArea {
         if !self.usable() {
             return Err(EIO);
         }
-        let info = bio.info();
-        let (sector, count) = (info.sector(), info.sectors());
-        if count == 0 {
+        let sectors = bio.info().range();
+        if sectors.is_empty() {
             return Ok(());
         }
-        let range = self.geometry.range(sector, count);
+        let sector = sectors.start;
+        let range = self.geometry.range(sectors);
         if range.end - range.start != 1 {
             return Err(EIO);
         }
@@ -81,7 +81,7 @@ impl DiffArea {
             let slot = self.ensure_stored(c)?;
             let storage = self.storage.device(slot.dev)?;
             bio.redirect_wait(&storage, slot.sector + offset)?;
-            self.tracker.mark_dirty(sector, count);
+            self.tracker.mark_dirty(sectors);
             return Ok(());
         }
         let source = self.with_chunks(GFP_KERNEL, |chunks, nodes| {
@@ -132,9 +132,9 @@ impl DiffArea {
         if bio.is_write() || !self.usable() {
             return Some(bio);
         }
-        let info = bio.info();
-        let (sector, count) = (info.sector(), info.sectors());
-        let range = self.geometry.range(sector, count);
+        let sectors = bio.info().range();
+        let sector = sectors.start;
+        let range = self.geometry.range(sectors);
         let Some(tag) = ReadTag::new(range.clone()) else {
             return Some(bio);
         };
@@ -215,8 +215,7 @@ impl DiffArea {
     /// The part of an image bio that lies in its first chunk, in sectors,
     /// if the bio goes on past that chunk.
     pub(crate) fn first_chunk_part(&self, bio: &Bio) -> Option<u64> {
-        let info = bio.info();
-        self.geometry.first_part(info.sector(), info.sectors())
+        self.geometry.first_part(bio.info().range())
     }
     /// Completes a read sent on by [`DiffArea::read_fast`] (`tag` says
     /// which chunks, and whether they counted it as a reader of the

@@ -63,6 +63,11 @@ impl BioInfo {
         )
     }
 
+    /// The sectors the bio covers, relative to [`BioInfo::dev`].
+    pub(crate) fn range(&self) -> super::sectors::Sectors {
+        super::sectors::Sectors::new(self.0.sector, self.sectors())
+    }
+
     /// First sector, relative to [`BioInfo::dev`].
     pub(crate) fn sector(&self) -> u64 {
         self.0.sector

@@ -19,6 +19,9 @@ pub(crate) mod disk;
 pub(crate) mod hook;
 pub(crate) mod miscdev;
 pub(crate) mod params;
+// Plain data shared with the host tests (crates/blksnap-logic).
+#[expect(unreachable_pub, reason = "also the host tests' API")]
+pub(crate) mod sectors;
 pub(crate) mod sync;
 pub(crate) mod work;
 

@@ -4,6 +4,14 @@
 
 #![cfg_attr(not(test), no_std)]
 
+#[path = "../../../src/sys/sectors.rs"]
+pub mod sectors;
+
+/// The boundary's plain-data types the logic uses, where the module has them.
+pub mod sys {
+    pub use super::sectors;
+}
+
 #[path = "../../../src/params.rs"]
 pub mod params;
 
