@@ -129,6 +129,8 @@ impl<T: DerefMut<Target = [u8]>> CbtMap<T> {
         if active.len() != len || readable.len() != len {
             return None;
         }
+        // INVARIANT: both tables are `blk_count` bytes (checked above) and
+        // zeroed (the caller's part), so at most `previous` = 0 < `active`.
         Some(CbtMap {
             geometry,
             active_table: active,
@@ -173,6 +175,7 @@ impl<T: DerefMut<Target = [u8]>> CbtMap<T> {
     /// changed in the active snapshot (a write, discard or write-zeroes).
     pub fn mark(&mut self, sectors: Sectors) {
         let range = self.geometry.blocks(sectors);
+        // INVARIANT: bytes are raised to `active` at most.
         raise(&mut self.active_table, range, self.active);
     }
 
@@ -181,6 +184,7 @@ impl<T: DerefMut<Target = [u8]>> CbtMap<T> {
     /// in the next one.
     pub fn mark_both(&mut self, sectors: Sectors) {
         let range = self.geometry.blocks(sectors);
+        // INVARIANT: bytes are raised to `active` and `previous` at most.
         raise(&mut self.active_table, range.clone(), self.active);
         raise(&mut self.readable_table, range, self.previous);
     }
@@ -189,6 +193,10 @@ impl<T: DerefMut<Target = [u8]>> CbtMap<T> {
     /// the active number, and the active number moves on. When it would
     /// reach 256 the active table starts over under `new_generation`.
     pub fn switch(&mut self, new_generation: [u8; 16]) -> Switch {
+        // INVARIANT: the readable table becomes the active one, whose bytes
+        // are at most the old `active`, the new `previous`. The active table
+        // keeps bytes below the new `active`, or is zeroed when `active`
+        // starts over at 1.
         copy_prefix(&mut self.readable_table, &self.active_table);
         self.previous = self.active;
         if self.active == u8::MAX {

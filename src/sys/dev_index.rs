@@ -164,6 +164,8 @@ impl<T: Keyed + Send + Sync + 'static> IndexOwner<T> {
             drop(unsafe { Arc::from_raw(p) });
             return to_result(ret);
         }
+        // INVARIANT: the index owns `p` now; it goes into its slot if that
+        // is free, else it is counted in `overflow`; `entries` counts it.
         self.entries += 1;
         let slot = &self.index.front[slot_of(dev)];
         if slot.load(Ordering::Relaxed).is_null() {
@@ -182,6 +184,8 @@ impl<T: Keyed + Send + Sync + 'static> IndexOwner<T> {
         if p.is_null() {
             return None;
         }
+        // INVARIANT: the entry leaves its slot (or `overflow`), then the
+        // xarray; the index gives up `p` below.
         let slot = &self.index.front[slot_of(dev)];
         if slot.load(Ordering::Relaxed) == p.cast::<T>() {
             slot.store(ptr::null_mut(), Ordering::Release);
