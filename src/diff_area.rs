@@ -125,17 +125,41 @@ enum Step<R> {
 }
 
 /// Tree nodes for chunks never touched, allocated outside the chunk lock.
+/// One is kept inline: most steps need one at most.
 struct Nodes {
-    spare: KVec<RBTreeNodeReservation<u64, Chunk>>,
+    one: Option<RBTreeNodeReservation<u64, Chunk>>,
+    more: KVec<RBTreeNodeReservation<u64, Chunk>>,
     /// An allocation failed: no more nodes come.
     exhausted: bool,
 }
 
 impl Nodes {
+    /// None at hand.
+    fn new() -> Self {
+        Nodes {
+            one: None,
+            more: KVec::new(),
+            exhausted: false,
+        }
+    }
+
     /// Allocates up to `n` more nodes; marks the supply exhausted if any
     /// allocation fails.
-    fn add(&mut self, n: usize, flags: Flags) {
-        if self.spare.reserve(n, flags).is_err() {
+    fn add(&mut self, mut n: usize, flags: Flags) {
+        if n > 0 && self.one.is_none() {
+            match RBTreeNodeReservation::new(flags) {
+                Ok(node) => self.one = Some(node),
+                Err(_) => {
+                    self.exhausted = true;
+                    return;
+                }
+            }
+            n -= 1;
+        }
+        if n == 0 {
+            return;
+        }
+        if self.more.reserve(n, flags).is_err() {
             self.exhausted = true;
             return;
         }
@@ -145,7 +169,7 @@ impl Nodes {
                 return;
             };
             // Within the capacity reserved above: does not allocate.
-            if self.spare.push(node, GFP_NOWAIT).is_err() {
+            if self.more.push(node, GFP_NOWAIT).is_err() {
                 self.exhausted = true;
                 return;
             }
@@ -154,13 +178,13 @@ impl Nodes {
 
     /// How many nodes are at hand.
     fn len(&self) -> usize {
-        self.spare.len()
+        usize::from(self.one.is_some()) + self.more.len()
     }
 
     /// Records chunk `c`, never touched, as `chunk` with a node at hand;
     /// `false` (and nothing recorded) if none is.
     fn insert(&mut self, chunks: &mut Chunks, c: u64, chunk: Chunk) -> bool {
-        let Some(node) = self.spare.pop() else {
+        let Some(node) = self.one.take().or_else(|| self.more.pop()) else {
             return false;
         };
         chunks.insert(RBTreeNodeReservation::into_node(node, c, chunk));
@@ -252,10 +276,7 @@ impl DiffArea {
         flags: Flags,
         mut step: impl FnMut(&mut Chunks, &mut Nodes) -> Step<R>,
     ) -> Result<R> {
-        let mut nodes = Nodes {
-            spare: KVec::new(),
-            exhausted: false,
-        };
+        let mut nodes = Nodes::new();
         let mut chunks = self.chunks.lock();
         loop {
             match step(&mut chunks, &mut nodes) {
