@@ -33,15 +33,7 @@ STAMP=("${PYTHON_FAST[@]}" "$TESTS_DIR/tools/stamp.py")
 
 ktap_plan 7
 
-for f in "$BLKSNAP_KO" "$CLI"; do
-	if [ ! -f "$f" ]; then
-		ktap_diag "$f is missing (not built)"
-		ktap_fail_rest "not built"
-		ktap_finish
-	fi
-done
-cbt_setup_exit_trap
-blksnap_unload
+cbt_start "$CLI"
 rm -rf $W && mkdir -p $W $MNT $IMG_MNT
 at_exit "rm -rf $W"
 
@@ -238,11 +230,6 @@ else
 fi
 
 blksnap_clear
-out=$(rmmod blksnap 2>&1) && rc=0 || rc=$?
-if [ "$rc" = 0 ] && ! blksnap_loaded; then
-	ktap_ok "the module unloads after the soak"
-else
-	ktap_fail "the module unloads after the soak" "rmmod: exit $rc: $out"
-fi
+unload_case "the module unloads after the soak"
 kmemleak_case "kmemleak finds no leak after the soak and unload"
 ktap_finish
