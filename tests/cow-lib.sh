@@ -1,7 +1,7 @@
 # shellcheck shell=bash
-# Helpers for the copy-on-write tests (tests/vm/15 and 2?-*.sh, 41, 43) and
-# the CLI's backups, on top of tests/cbt-lib.sh: the sector-stamp tool, cases
-# that show a run's summary and time, snapshots driven by the blksnap CLI.
+# Helpers for the copy-on-write tests (tests/vm/15, 2?, 31 and 4[1-3]-*.sh),
+# on top of tests/cbt-lib.sh: the sector-stamp tool, cases that show a run's
+# summary and time, snapshots driven by the blksnap CLI.
 #
 #   stamp ARGS...               tests/tools/stamp.py (STAMP is the command as an array)
 #   stamp_case DESC CMD...      one case: ok if CMD (run in a subshell) succeeds; then

@@ -18,7 +18,7 @@
 # At the end: no corrupted event came, the original file system is clean,
 # the module unloads, and kmemleak (debug kernel) finds no leak.
 # shellcheck source-path=SCRIPTDIR disable=SC2015 # "test && test || fail" is meant
-source "$(dirname "$0")/../cbt-lib.sh"
+source "$(dirname "$0")/../cow-lib.sh"
 require_vm
 
 DURATION=${BLKSNAP_SOAK_SECONDS:-120}
@@ -29,7 +29,6 @@ MNT=/mnt/soak
 IMG_MNT=/mnt/soak-image
 W=/tmp/soak
 CLI=$BLKSNAP_CLI
-STAMP=("${PYTHON_FAST[@]}" "$TESTS_DIR/tools/stamp.py")
 
 ktap_plan 7
 
@@ -81,7 +80,7 @@ stamp_loop() {
 	local k=0 ok=0 bad=0 rc
 	while [ ! -e $W/stop ]; do
 		k=$((k + 1))
-		"${STAMP[@]}" run --dev "$SORIG" --storage /dev/ram3:0:8192 \
+		stamp run --dev "$SORIG" --storage /dev/ram3:0:8192 \
 			--grow "/dev/ram3:8192:$((RAM_MIB * 2048 - 8192)):8192" --no-storage-fill \
 			--writers 2 --writes 1000 --seconds 10 --image-writes 10 --discard --zeroout \
 			--seed $((1000 + k)) >$W/stamp-run.log 2>&1 && rc=0 || rc=$?
