@@ -16,6 +16,12 @@
 #   ktap_fail_rest REASON       not ok for every planned case not yet reported
 #   ktap_skip_rest REASON       the same, as skips
 #   ktap_finish                 totals line, exit 0 (all passed or skipped) or 1
+#   require_built [FILE...]     end the script (every planned case not ok) unless
+#                               blksnap.ko and the executables FILE exist
+#   setup_abort REASON          end the script: REASON, and every planned case not
+#                               yet reported not ok ("setup failed")
+#   insmod_or_finish            insmod blksnap.ko, or end the script like setup_abort
+#   unload_case DESC            one case: rmmod blksnap works and the module is gone
 #
 # Descriptions must not contain '#'.
 
@@ -176,6 +182,50 @@ kmsg_mark() {
 # Prints the kernel log lines after a marker from kmsg_mark.
 kmsg_since() {
 	dmesg | sed -n "/$1/,\$p" | tail -n +2
+}
+
+# Ends the script unless blksnap.ko and the executables named are built.
+require_built() {
+	local f
+	if [ ! -f "$BLKSNAP_KO" ]; then
+		ktap_diag "$BLKSNAP_KO is missing (the module did not build)"
+		ktap_fail_rest "no blksnap.ko"
+		ktap_finish
+	fi
+	for f in "$@"; do
+		if [ ! -x "$f" ]; then
+			ktap_diag "$f is missing (not built)"
+			ktap_fail_rest "not built"
+			ktap_finish
+		fi
+	done
+}
+
+# Ends the script when its set-up failed.
+setup_abort() {
+	ktap_diag "$1"
+	ktap_fail_rest "setup failed"
+	ktap_finish
+}
+
+# Loads blksnap.ko with no parameters; ends the script if it does not load.
+insmod_or_finish() {
+	local out
+	out=$(insmod "$BLKSNAP_KO" 2>&1) && return 0
+	ktap_diag "insmod failed: $out"
+	ktap_fail_rest "blksnap.ko does not load"
+	ktap_finish
+}
+
+# One case: the module unloads (rmmod succeeds and it is gone).
+unload_case() {
+	local out rc
+	out=$(rmmod blksnap 2>&1) && rc=0 || rc=$?
+	if [ "$rc" = 0 ] && ! blksnap_loaded; then
+		ktap_ok "$1"
+	else
+		ktap_fail "$1" "rmmod: exit $rc: $out"
+	fi
 }
 
 # The test scripts load modules and change devices: the VM only.

@@ -108,10 +108,10 @@ for script in "${scripts[@]}"; do
 	# Whatever a failed script left behind must not fail the next ones.
 	mounted=$(awk '$1 ~ "^/dev/(ram|loop|mapper/|dm-|blksnap-image)" {print $2}' /proc/mounts | tac)
 	if [ -n "$mounted" ]; then
-		extra+=("left filesystems mounted: $(echo $mounted)")
+		extra+=("left filesystems mounted: ${mounted//$'\n'/ }")
 		for m in $mounted; do umount -l "$m"; done
 	fi
-	if [ -n "$(dmsetup ls 2>/dev/null | grep -v '^No devices')" ]; then
+	if dmsetup ls 2>/dev/null | grep -vq '^No devices'; then
 		extra+=("left device-mapper devices: $(dmsetup ls | tr '\n' ' ')")
 		dmsetup remove_all --force >/dev/null 2>&1
 	fi
@@ -128,6 +128,7 @@ for script in "${scripts[@]}"; do
 	strays=$(find /dev -maxdepth 1 -type f -newer "$log" | tr '\n' ' ')
 	if [ -n "$strays" ]; then
 		extra+=("left regular files in /dev: $strays")
+		# shellcheck disable=SC2086 # one word a file
 		rm -f $strays
 	fi
 	rm -f "$log"

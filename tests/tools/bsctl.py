@@ -171,27 +171,35 @@ class Ctl:
         buf = ctypes.create_string_buffer(struct.pack("<II", *dev), 8)
         return self.ioctl(IOCTL_TRACKER_REMOVE, buf)
 
+    def _collect(self, nr, size, count, ptr, array_len):
+        """A collection ioctl nr ({u32 count; u64 ptr} in, count out) with
+        an array of array_len entries of size bytes (or the raw address ptr;
+        None array_len and ptr: a null pointer). Returns (ret, count_out,
+        [the entries filled in, as bytes]) or raises; on ENODATA the OSError
+        carries the count as .count_out."""
+        arr = None
+        if ptr is None and array_len is not None:
+            arr = ctypes.create_string_buffer(max(array_len, 1) * size)
+        p = ptr if ptr is not None else _addr(arr)
+        arg = ctypes.create_string_buffer(struct.pack("<IxxxxQ", count & 0xFFFFFFFF, p), 16)
+        try:
+            ret = self.ioctl(nr, arg)
+        except OSError as e:
+            e.count_out = struct.unpack_from("<I", arg.raw)[0]
+            raise
+        n = struct.unpack_from("<I", arg.raw)[0]
+        entries = []
+        if arr is not None:
+            entries = [arr.raw[i * size:(i + 1) * size] for i in range(min(n, array_len))]
+        return ret, n, entries
+
     def tracker_collect_raw(self, count, ptr=None, array_len=None):
         """TRACKER_COLLECT with count and an array of array_len entries (or
         the raw address ptr; None array_len and ptr: a null pointer).
         Returns (ret, count_out, [CbtInfo...]) or raises; on ENODATA the
         OSError carries the count as .count_out."""
-        arr = None
-        if ptr is None and array_len is not None:
-            arr = ctypes.create_string_buffer(max(array_len, 1) * CBT_INFO_SIZE)
-        p = ptr if ptr is not None else _addr(arr)
-        arg = ctypes.create_string_buffer(struct.pack("<IxxxxQ", count & 0xFFFFFFFF, p), 16)
-        try:
-            ret = self.ioctl(IOCTL_TRACKER_COLLECT, arg)
-        except OSError as e:
-            e.count_out = struct.unpack_from("<I", arg.raw)[0]
-            raise
-        n = struct.unpack_from("<I", arg.raw)[0]
-        infos = []
-        if arr is not None:
-            for i in range(min(n, array_len)):
-                infos.append(CbtInfo(arr.raw[i * CBT_INFO_SIZE:(i + 1) * CBT_INFO_SIZE]))
-        return ret, n, infos
+        ret, n, raw = self._collect(IOCTL_TRACKER_COLLECT, CBT_INFO_SIZE, count, ptr, array_len)
+        return ret, n, [CbtInfo(r) for r in raw]
 
     def trackers(self):
         """Every tracker, by the two-call protocol."""
@@ -277,21 +285,7 @@ class Ctl:
         return self.ioctl(IOCTL_SNAPSHOT_APPEND_STORAGE, arg)
 
     def collect_raw(self, count, ptr=None, array_len=None):
-        arr = None
-        if ptr is None and array_len is not None:
-            arr = ctypes.create_string_buffer(max(array_len, 1) * 16)
-        p = ptr if ptr is not None else _addr(arr)
-        arg = ctypes.create_string_buffer(struct.pack("<IxxxxQ", count & 0xFFFFFFFF, p), 16)
-        try:
-            ret = self.ioctl(IOCTL_SNAPSHOT_COLLECT, arg)
-        except OSError as e:
-            e.count_out = struct.unpack_from("<I", arg.raw)[0]
-            raise
-        n = struct.unpack_from("<I", arg.raw)[0]
-        ids = []
-        if arr is not None:
-            ids = [arr.raw[i * 16:(i + 1) * 16] for i in range(min(n, array_len))]
-        return ret, n, ids
+        return self._collect(IOCTL_SNAPSHOT_COLLECT, 16, count, ptr, array_len)
 
     def snapshots(self):
         for _ in range(10):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The module's life cycle: load and unload, the control device node, the
 # module parameters and their validation (at load time and through sysfs).
-# shellcheck source-path=SCRIPTDIR
+# shellcheck source-path=SCRIPTDIR disable=SC2119 # require_built takes no arguments here
 source "$(dirname "$0")/../lib.sh"
 require_vm
 
@@ -38,11 +38,7 @@ CYCLES=20
 
 ktap_plan $((1 + 2 + 2 + ${#PARAMS[@]} + ${#BAD_LOADS[@]} + ${#BAD_WRITES[@]} + 2))
 
-if [ ! -f "$BLKSNAP_KO" ]; then
-	ktap_diag "$BLKSNAP_KO is missing (the module did not build)"
-	ktap_fail_rest "no blksnap.ko"
-	ktap_finish
-fi
+require_built
 if blksnap_loaded; then
 	ktap_diag "blksnap was loaded before the test; unloading it"
 	rmmod blksnap
@@ -86,11 +82,7 @@ else
 fi
 blksnap_unload
 
-if ! out=$(insmod "$BLKSNAP_KO" 2>&1); then
-	ktap_diag "insmod failed: $out"
-	ktap_fail_rest "blksnap.ko does not load"
-	ktap_finish
-fi
+insmod_or_finish
 
 # 4-5: the control device.
 misc_dev=$(cat /sys/class/misc/blksnap/dev 2>/dev/null)
@@ -155,11 +147,7 @@ for bad in "${BAD_LOADS[@]}"; do
 	fi
 done
 
-if ! out=$(insmod "$BLKSNAP_KO" 2>&1); then
-	ktap_diag "insmod failed: $out"
-	ktap_fail_rest "blksnap.ko does not load"
-	ktap_finish
-fi
+insmod_or_finish
 
 # Refused sysfs writes keep the old value.
 for bad in "${BAD_WRITES[@]}"; do

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The control device's ioctl entry: VERSION through the CLI and through a raw
 # ioctl, unknown command numbers, permission checks and bad user pointers.
-# shellcheck source-path=SCRIPTDIR
+# shellcheck source-path=SCRIPTDIR disable=SC2119 # require_built takes no arguments here
 source "$(dirname "$0")/../lib.sh"
 require_vm
 
@@ -14,17 +14,9 @@ BAD_ADDRS=(0 1 0xffff888000000000)
 
 ktap_plan $((2 + ${#UNKNOWN_CMDS[@]} + 2 + ${#BAD_ADDRS[@]} + 1))
 
-if [ ! -f "$BLKSNAP_KO" ]; then
-	ktap_diag "$BLKSNAP_KO is missing (the module did not build)"
-	ktap_fail_rest "no blksnap.ko"
-	ktap_finish
-fi
+require_built
 blksnap_unload
-if ! out=$(insmod "$BLKSNAP_KO" 2>&1); then
-	ktap_diag "insmod failed: $out"
-	ktap_fail_rest "blksnap.ko does not load"
-	ktap_finish
-fi
+insmod_or_finish
 trap 'blksnap_unload 2>/dev/null' EXIT
 
 # VERSION through an independent raw ioctl.
@@ -70,10 +62,5 @@ for addr in "${BAD_ADDRS[@]}"; do
 done
 
 trap - EXIT
-out=$(rmmod blksnap 2>&1) && rc=0 || rc=$?
-if [ "$rc" = 0 ] && ! blksnap_loaded; then
-	ktap_ok "the module unloads after the ioctl tests"
-else
-	ktap_fail "the module unloads after the ioctl tests" "rmmod: exit $rc: $out"
-fi
+unload_case "the module unloads after the ioctl tests"
 ktap_finish

@@ -7,7 +7,7 @@
 # and the first event; READ_CBT_MAP's byte count; MARK_DIRTY_BLOCKS ranges;
 # TAKE, DESTROY and COLLECT_IMAGES in each state; overflow), one case each.
 # Also: zram with the lz4 backend, as users' kernels have it.
-# shellcheck source-path=SCRIPTDIR
+# shellcheck source-path=SCRIPTDIR disable=SC2015,SC2119 # "test && test || fail" is meant
 source "$(dirname "$0")/../cbt-lib.sh"
 require_vm
 
@@ -55,21 +55,8 @@ zram_lz4() {
 }
 case_fn "zramctl --algorithm lz4 sets up a zram device that compresses with lz4" zram_lz4
 
-if [ ! -f "$BLKSNAP_KO" ]; then
-	ktap_diag "$BLKSNAP_KO is missing (the module did not build)"
-	ktap_fail_rest "no blksnap.ko"
-	ktap_finish
-fi
-cbt_setup_exit_trap
-blksnap_unload
-setup_bad=
-brd_setup 4 $RD_KIB || setup_bad="brd: cannot load 4 ramdisks"
-[ -n "$setup_bad" ] || blksnap_load || setup_bad="insmod $BLKSNAP_KO failed"
-if [ -n "$setup_bad" ]; then
-	ktap_diag "$setup_bad"
-	ktap_fail_rest "setup failed"
-	ktap_finish
-fi
+cbt_start
+ram_setup 4 $RD_KIB
 
 # The program's cases, numbered on from here, count as this script's.
 if [ "$build_rc" = 0 ]; then
@@ -87,11 +74,6 @@ while ((KTAP_N < 2 + c_cases)); do
 done
 
 blksnap_clear
-out=$(rmmod blksnap 2>&1) && rc=0 || rc=$?
-if [ "$rc" = 0 ] && ! blksnap_loaded; then
-	ktap_ok "the module unloads afterwards"
-else
-	ktap_fail "the module unloads afterwards" "rmmod: exit $rc: $out"
-fi
+unload_case "the module unloads afterwards"
 rm -f "$PROG"
 ktap_finish

@@ -5,7 +5,7 @@
 # byte with the CBT map after each snapshot; block size selection; the
 # readable table frozen while a snapshot is held; MARK_DIRTY_BLOCKS; new
 # generations on wrap-around (255 snapshots) and on a capacity change.
-# shellcheck source-path=SCRIPTDIR
+# shellcheck source-path=SCRIPTDIR disable=SC2119 # cbt_start takes no arguments here
 source "$(dirname "$0")/../cbt-lib.sh"
 require_vm
 
@@ -17,12 +17,7 @@ SEED=${CBT_SEED:-$RANDOM$RANDOM}
 
 ktap_plan 17
 
-if [ ! -f "$BLKSNAP_KO" ]; then
-	ktap_diag "$BLKSNAP_KO is missing (the module did not build)"
-	ktap_fail_rest "no blksnap.ko"
-	ktap_finish
-fi
-cbt_setup_exit_trap
+cbt_start
 ktap_diag "model seed base: $SEED (set CBT_SEED to repeat)"
 
 # Runs the model check as one case; prints its summary, or its tail on failure.
@@ -42,17 +37,7 @@ model_case() {
 	fi
 }
 
-setup_bad=
-blksnap_unload
-brd_setup 8 "$RD_KIB" || setup_bad="brd: cannot load 8 ramdisks"
-if [ -z "$setup_bad" ] && ! blksnap_load; then
-	setup_bad="insmod $BLKSNAP_KO failed"
-fi
-if [ -n "$setup_bad" ]; then
-	ktap_diag "$setup_bad"
-	ktap_fail_rest "setup failed"
-	ktap_finish
-fi
+ram_setup 8 $RD_KIB
 ktap_diag "ram0: discard_max_bytes=$(cat /sys/block/ram0/queue/discard_max_bytes)" \
 	"write_zeroes_max_bytes=$(cat /sys/block/ram0/queue/write_zeroes_max_bytes)"
 
@@ -121,17 +106,7 @@ fi
 # odd sector): writes to the disk and to both partitions, tracked on the disk.
 loop_setup ploop $((16 * 1024 * 1024)) -P
 if [ -n "$ploop" ]; then
-	"$PYTHON" - "$ploop" <<-'EOF'
-		import struct, sys
-		def entry(start, count):
-		    return struct.pack("<B3sB3sII", 0, b"\0\0\0", 0x83, b"\0\0\0", start, count)
-		mbr = bytearray(512)
-		mbr[446:462] = entry(2048, 12000)
-		mbr[462:478] = entry(14051, 16000)
-		mbr[510:512] = b"\x55\xaa"
-		with open(sys.argv[1], "r+b") as f:
-		    f.write(mbr)
-	EOF
+	write_mbr "$ploop" 2048:12000 14051:16000
 	blockdev --rereadpt "$ploop" 2>/dev/null || partx -u "$ploop" 2>/dev/null
 	if wait_for "${ploop}p2" 5; then
 		model_case "model: writes to a disk and its partitions tracked on the disk" \
@@ -229,10 +204,5 @@ else
 fi
 
 blksnap_clear
-out=$(rmmod blksnap 2>&1) && rc=0 || rc=$?
-if [ "$rc" = 0 ] && ! blksnap_loaded; then
-	ktap_ok "the module unloads after the CBT tests"
-else
-	ktap_fail "the module unloads after the CBT tests" "rmmod: exit $rc: $out"
-fi
+unload_case "the module unloads after the CBT tests"
 ktap_finish

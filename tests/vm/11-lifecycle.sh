@@ -18,21 +18,8 @@ BADPTRS=(1 0xffff888000000000)
 
 ktap_plan 37
 
-if [ ! -f "$BLKSNAP_KO" ]; then
-	ktap_diag "$BLKSNAP_KO is missing (the module did not build)"
-	ktap_fail_rest "no blksnap.ko"
-	ktap_finish
-fi
-cbt_setup_exit_trap
-blksnap_unload
-setup_bad=
-brd_setup 6 "$RD_KIB" || setup_bad="brd: cannot load 6 ramdisks"
-[ -n "$setup_bad" ] || blksnap_load || setup_bad="insmod $BLKSNAP_KO failed"
-if [ -n "$setup_bad" ]; then
-	ktap_diag "$setup_bad"
-	ktap_fail_rest "setup failed"
-	ktap_finish
-fi
+cbt_start
+ram_setup 6 $RD_KIB
 RAM=()
 for i in 0 1 2 3 4 5; do RAM+=("$(devno /dev/ram$i)"); done
 
@@ -90,18 +77,25 @@ check_fails "TAKE of a destroyed snapshot fails" bs take "$id1"
 # ---- COLLECT: two snapshots, three trackers
 ida=$(snap_id "$(bs create /dev/ram1 /dev/ram2)")
 idb=$(snap_id "$(bs create /dev/ram3)")
+# The two-call protocol of "bs COLLECT" (collect or trackers): with a null
+# array, ret=0 and count=WANT; with each array of COUNT... entries (too
+# small), ENODATA and count=WANT.
+two_call() {
+	local cmd=$1 want=$2 out n
+	shift 2
+	out=$(bs "$cmd" --null) || { echo "null array: $out"; return 1; }
+	[ "$(kv ret "$out")" = 0 ] && [ "$(kv count "$out")" = "$want" ] ||
+		{ echo "null array: expected ret=0 count=$want: $out"; return 1; }
+	for n in "$@"; do
+		out=$(bs "$cmd" --count "$n")
+		grep -qx errno=ENODATA <<<"$out" && [ "$(kv count "$out")" = "$want" ] ||
+			{ echo "count $n: expected ENODATA and count=$want: $out"; return 1; }
+	done
+}
 collect_snapshots() {
 	local out ids
 	[ -n "$ida" ] && [ -n "$idb" ] || { echo "CREATE failed"; return 1; }
-	out=$(bs collect --null) || { echo "null array: $out"; return 1; }
-	[ "$(kv ret "$out")" = 0 ] && [ "$(kv count "$out")" = 2 ] ||
-		{ echo "null array: expected ret=0 count=2: $out"; return 1; }
-	out=$(bs collect --count 0)
-	grep -qx errno=ENODATA <<<"$out" && [ "$(kv count "$out")" = 2 ] ||
-		{ echo "count 0, non-null array: expected ENODATA and count=2: $out"; return 1; }
-	out=$(bs collect --count 1)
-	grep -qx errno=ENODATA <<<"$out" && [ "$(kv count "$out")" = 2 ] ||
-		{ echo "count 1: expected ENODATA and count=2: $out"; return 1; }
+	two_call collect 2 0 1 || return 1
 	for n in 2 7; do
 		out=$(bs collect --count $n) || { echo "count $n: $out"; return 1; }
 		ids=$(sed -n 's/^id=//p' <<<"$out" | sort | tr '\n' ' ')
@@ -113,12 +107,7 @@ case_fn "SNAPSHOT_COLLECT: the count with a null array, ENODATA when too small, 
 	collect_snapshots
 collect_trackers() {
 	local out devs want
-	out=$(bs trackers --null) || { echo "null array: $out"; return 1; }
-	[ "$(kv ret "$out")" = 0 ] && [ "$(kv count "$out")" = 3 ] ||
-		{ echo "null array: expected ret=0 count=3: $out"; return 1; }
-	out=$(bs trackers --count 2)
-	grep -qx errno=ENODATA <<<"$out" && [ "$(kv count "$out")" = 3 ] ||
-		{ echo "count 2: expected ENODATA and count=3: $out"; return 1; }
+	two_call trackers 3 2 || return 1
 	out=$(bs trackers --count 3) || { echo "count 3: $out"; return 1; }
 	devs=$(sed -n 's/^dev=\([0-9:]*\) .*/\1/p' <<<"$out" | sort | tr '\n' ' ')
 	want=$(printf '%s\n' "${RAM[1]}" "${RAM[2]}" "${RAM[3]}" | sort | tr '\n' ' ')

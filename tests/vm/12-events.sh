@@ -9,21 +9,8 @@ require_vm
 
 ktap_plan 13
 
-if [ ! -f "$BLKSNAP_KO" ]; then
-	ktap_diag "$BLKSNAP_KO is missing (the module did not build)"
-	ktap_fail_rest "no blksnap.ko"
-	ktap_finish
-fi
-cbt_setup_exit_trap
-blksnap_unload
-setup_bad=
-brd_setup 4 4096 || setup_bad="brd: cannot load 4 ramdisks"
-[ -n "$setup_bad" ] || blksnap_load || setup_bad="insmod $BLKSNAP_KO failed"
-if [ -n "$setup_bad" ]; then
-	ktap_diag "$setup_bad"
-	ktap_fail_rest "setup failed"
-	ktap_finish
-fi
+cbt_start
+ram_setup 4 4096
 
 BSCTL=$TESTS_DIR/tools/bsctl.py
 # Starts a waiter in the background (pid in $waiter_pid, output in $1).
@@ -172,10 +159,5 @@ else
 fi
 
 blksnap_clear
-out=$(rmmod blksnap 2>&1) && rc=0 || rc=$?
-if [ "$rc" = 0 ] && ! blksnap_loaded; then
-	ktap_ok "the module unloads after the event tests"
-else
-	ktap_fail "the module unloads after the event tests" "rmmod: exit $rc: $out"
-fi
+unload_case "the module unloads after the event tests"
 ktap_finish

@@ -13,26 +13,11 @@ RD_KIB=131072
 EXT=/dev/ram0 XFS=/dev/ram1 FRZ=/dev/ram2
 MNT_EXT=/mnt/cbt-ext4 MNT_XFS=/mnt/cbt-xfs MNT_FRZ=/mnt/cbt-frozen
 VERIFY=$TESTS_DIR/tools/cbt_verify.py
-# mkfs.xfs refuses filesystems below 300 MB unless it runs under fstests.
-XFS_SMALL=(env TEST_DIR=/tmp TEST_DEV="$XFS" QA_CHECK_FS=1)
 
 ktap_plan 12
 
-if [ ! -f "$BLKSNAP_KO" ]; then
-	ktap_diag "$BLKSNAP_KO is missing (the module did not build)"
-	ktap_fail_rest "no blksnap.ko"
-	ktap_finish
-fi
-cbt_setup_exit_trap
-blksnap_unload
-setup_bad=
-brd_setup 3 "$RD_KIB" || setup_bad="brd: cannot load 3 ramdisks"
-[ -n "$setup_bad" ] || blksnap_load || setup_bad="insmod $BLKSNAP_KO failed"
-if [ -n "$setup_bad" ]; then
-	ktap_diag "$setup_bad"
-	ktap_fail_rest "setup failed"
-	ktap_finish
-fi
+cbt_start
+ram_setup 3 $RD_KIB
 # Unmount before the devices go (at_exit runs last-added first).
 at_exit "umount $MNT_FRZ; umount $MNT_XFS; umount $MNT_EXT"
 at_exit "fsfreeze -u $MNT_FRZ"
@@ -40,7 +25,7 @@ mkdir -p $MNT_EXT $MNT_XFS $MNT_FRZ
 
 make_fs() {
 	mkfs.ext4 -q -F $EXT || return 1
-	"${XFS_SMALL[@]}" mkfs.xfs -q -f $XFS || return 1
+	mkfs_xfs_small $XFS || return 1
 	mount $EXT $MNT_EXT || return 1
 	mount $XFS $MNT_XFS || return 1
 }
@@ -220,10 +205,5 @@ user_frozen() {
 case_fn "TAKE of a filesystem frozen with fsfreeze completes and leaves it frozen" user_frozen
 
 blksnap_clear
-out=$(rmmod blksnap 2>&1) && rc=0 || rc=$?
-if [ "$rc" = 0 ] && ! blksnap_loaded; then
-	ktap_ok "the module unloads after the filesystem tests"
-else
-	ktap_fail "the module unloads after the filesystem tests" "rmmod: exit $rc: $out"
-fi
+unload_case "the module unloads after the filesystem tests"
 ktap_finish

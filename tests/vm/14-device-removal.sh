@@ -12,44 +12,8 @@ require_vm
 
 ktap_plan 13
 
-if [ ! -f "$BLKSNAP_KO" ]; then
-	ktap_diag "$BLKSNAP_KO is missing (the module did not build)"
-	ktap_fail_rest "no blksnap.ko"
-	ktap_finish
-fi
-cbt_setup_exit_trap
-blksnap_unload
+cbt_start
 
-# Three scsi_debug disks (one host each).
-sd_disks() {
-	local d
-	for d in /sys/bus/pseudo/drivers/scsi_debug/adapter*/host*/target*/*/block/*; do
-		[ -e "$d" ] && basename "$d"
-	done | sort
-}
-SD=()
-sd_setup() {
-	[ ! -e /sys/module/scsi_debug ] || rmmod scsi_debug || return 1
-	modprobe scsi_debug dev_size_mb=16 add_host=3 num_tgts=1 max_luns=1 || return 1
-	at_exit "rmmod scsi_debug"
-	local n=100
-	while (($(sd_disks | wc -l) < 3)) && ((n-- > 0)); do sleep 0.1; done
-	mapfile -t SD < <(sd_disks)
-	((${#SD[@]} == 3)) || { echo "scsi_debug disks: ${SD[*]}"; return 1; }
-	for d in "${SD[@]}"; do sd_ready "$d" || return 1; done
-	echo "scsi_debug disks: ${SD[*]}"
-}
-# Waits until disk $1 can be read: a fresh scsi_debug disk answers its first
-# commands with a unit attention (power-on reset), and the slow debug kernel
-# may still be scanning it.
-sd_ready() {
-	local n=50
-	wait_for "/dev/$1" 5 || { echo "no /dev/$1"; return 1; }
-	until dd if="/dev/$1" of=/dev/null bs=4k count=1 iflag=direct status=none 2>/dev/null; do
-		((n-- > 0)) || { echo "/dev/$1 cannot be read"; return 1; }
-		sleep 0.2
-	done
-}
 # Adds a scsi_debug host and prints the name of its new disk, once ready.
 sd_add() {
 	local before d n=100
@@ -61,16 +25,10 @@ sd_add() {
 	sd_ready "$d" >&2 || return 1
 	echo "$d"
 }
-setup_bad=
-sd_setup >/tmp/cbt-sd-setup 2>&1 || setup_bad="scsi_debug: $(cat /tmp/cbt-sd-setup)"
+# Three scsi_debug disks (one host each).
+sd_setup 3 >/tmp/cbt-sd-setup 2>&1 || setup_abort "scsi_debug: $(cat /tmp/cbt-sd-setup)"
 rm -f /tmp/cbt-sd-setup
-[ -n "$setup_bad" ] || brd_setup 1 8192 || setup_bad="brd failed"
-[ -n "$setup_bad" ] || blksnap_load || setup_bad="insmod $BLKSNAP_KO failed"
-if [ -n "$setup_bad" ]; then
-	ktap_diag "$setup_bad"
-	ktap_fail_rest "setup failed"
-	ktap_finish
-fi
+ram_setup 1 8192
 ktap_diag "scsi_debug disks: ${SD[*]}"
 
 tracked_devs() { bs trackers --count 64 | sed -n 's/^dev=\([0-9:]*\) .*/\1/p'; }
@@ -89,12 +47,6 @@ new_snap() {
 	out=$(bs create "$@") && id=$(snap_id "$out") && [ -n "$id" ] ||
 		{ echo "CREATE $*: $out"; return 1; }
 }
-sd_delete() { echo 1 >"/sys/block/$1/device/delete"; }
-gone() {
-	local n=50
-	while [ -e "/sys/block/$1" ] && ((n-- > 0)); do sleep 0.1; done
-	[ ! -e "/sys/block/$1" ]
-}
 
 # ---- deleted while tracked (no snapshot)
 sd_tracked() {
@@ -104,7 +56,7 @@ sd_tracked() {
 	bs take "$id" && bs destroy "$id" || { echo "TAKE/DESTROY failed"; return 1; }
 	dd if=/dev/urandom of="/dev/$d" bs=64k count=4 oflag=direct status=none
 	sd_delete "$d" || { echo "delete $d failed"; return 1; }
-	gone "$d" || { echo "/sys/block/$d still there"; return 1; }
+	sd_gone "$d" || { echo "/sys/block/$d still there"; return 1; }
 	out=$(bs trackers --count 64) || { echo "TRACKER_COLLECT after the delete: $out"; return 1; }
 	echo "after the delete: $out"
 	untrack "$dn"
@@ -118,7 +70,7 @@ sd_created() {
 	dn=$(devno "/dev/$d")
 	new_snap "/dev/$d" /dev/ram0 || return 1
 	sd_delete "$d" || { echo "delete $d failed"; return 1; }
-	gone "$d" || { echo "/sys/block/$d still there"; return 1; }
+	sd_gone "$d" || { echo "/sys/block/$d still there"; return 1; }
 	out=$(bs take "$id" 2>&1)
 	echo "note: TAKE after the delete: ${out:-ok}"
 	out=$(bs trackers --count 64) || { echo "TRACKER_COLLECT: $out"; return 1; }
@@ -139,7 +91,7 @@ sd_taken() {
 	w=$!
 	sleep 1
 	sd_delete "$d" || { echo "delete $d failed"; kill $w; return 1; }
-	gone "$d" || { echo "/sys/block/$d still there"; kill $w; return 1; }
+	sd_gone "$d" || { echo "/sys/block/$d still there"; kill $w; return 1; }
 	sleep 1
 	kill $w 2>/dev/null
 	wait $w 2>/dev/null
@@ -169,7 +121,7 @@ sd_again() {
 	[ "$(kv capacity "$out")" = $((16 << 20)) ] || { echo "$d: wrong capacity: $out"; return 1; }
 	bs destroy "$id" && bs remove "/dev/$d" || { echo "DESTROY/REMOVE failed"; return 1; }
 	sd_delete "$d"
-	gone "$d"
+	sd_gone "$d"
 }
 case_fn "a new scsi_debug disk after the deletions is tracked with its own capacity" sd_again
 
@@ -200,7 +152,7 @@ sd_cow_rounds() {
 		sleep 0.$((RANDOM % 5))
 		kill -0 "${ws[@]}" 2>/dev/null && busy=$((busy + 1))
 		sd_delete "$d" || { echo "round $r: delete $d failed"; kill "${ws[@]}"; return 1; }
-		gone "$d" || { echo "round $r: /sys/block/$d still there"; kill "${ws[@]}"; return 1; }
+		sd_gone "$d" || { echo "round $r: /sys/block/$d still there"; kill "${ws[@]}"; return 1; }
 		for i in "${ws[@]}"; do
 			timeout 30 tail --pid="$i" -f /dev/null || { echo "round $r: a writer hangs"; return 1; }
 		done
@@ -266,12 +218,7 @@ loop_setup pl $((8 << 20)) -P
 part_gone() {
 	local id out
 	[ -n "$pl" ] || { echo "losetup failed"; return 1; }
-	"$PYTHON" -c '
-import struct, sys
-mbr = bytearray(512)
-mbr[446:462] = struct.pack("<B3sB3sII", 0, bytes(3), 0x83, bytes(3), 2048, 8192)
-mbr[510:512] = b"\x55\xaa"
-open(sys.argv[1], "r+b").write(mbr)' "$pl" || return 1
+	write_mbr "$pl" 2048:8192 || return 1
 	blockdev --rereadpt "$pl" || return 1
 	wait_for "${pl}p1" 5 || { echo "no ${pl}p1"; return 1; }
 	new_snap "$pl" || return 1
@@ -297,22 +244,7 @@ case_fn "a partition of a tracked disk deleted: the disk's tracking goes on" par
 rm -f /tmp/cbt-part-map
 
 check "TRACKER_COLLECT works at the end" bs trackers --null
-out=$(rmmod blksnap 2>&1) && rc=0 || rc=$?
-if [ "$rc" = 0 ] && ! blksnap_loaded; then
-	ktap_ok "the module unloads after the removals"
-else
-	ktap_fail "the module unloads after the removals" "rmmod: exit $rc: $out"
-fi
-out=$(rmmod scsi_debug 2>&1) && rc=0 || rc=$?
-if [ "$rc" = 0 ]; then
-	ktap_ok "scsi_debug unloads afterwards (no device left held)"
-else
-	ktap_fail "scsi_debug unloads afterwards (no device left held)" "rmmod scsi_debug: $out"
-fi
-out=$(rmmod brd 2>&1) && rc=0 || rc=$?
-if [ "$rc" = 0 ]; then
-	ktap_ok "brd unloads afterwards (the dm device and ramdisk are released)"
-else
-	ktap_fail "brd unloads afterwards (the dm device and ramdisk are released)" "rmmod brd: $out"
-fi
+unload_case "the module unloads after the removals"
+check "scsi_debug unloads afterwards (no device left held)" rmmod scsi_debug
+check "brd unloads afterwards (the dm device and ramdisk are released)" rmmod brd
 ktap_finish

@@ -4,24 +4,14 @@
 # tracker whichever holds the slot, after either is removed, and after
 # they are added again in the other order.
 # shellcheck source-path=SCRIPTDIR disable=SC2015,SC2119 # "test && test || fail" is meant
-source "$(dirname "$0")/../cbt-lib.sh"
+source "$(dirname "$0")/../cow-lib.sh"
 require_vm
 
 ktap_plan 8
-if [ ! -f "$BLKSNAP_KO" ]; then
-	ktap_fail_rest "$BLKSNAP_KO is missing (the module did not build)"
-	ktap_finish
-fi
+cbt_start "$BLKSNAP_CLI"
 # max_part=1: ramdisk i is 1:i.
-rmmod brd 2>/dev/null
-if ! modprobe brd rd_nr=65 rd_size=4096 max_part=1 || ! wait_for /dev/ram64 5 ||
-	! blksnap_load; then
-	ktap_fail_rest "setup failed (brd with 65 ramdisks, or insmod)"
-	ktap_finish
-fi
-at_exit "rmmod brd || { sleep 1; rmmod brd; }"
+brd_setup 65 4096 1 && blksnap_load || setup_abort "brd with 65 ramdisks, or insmod, failed"
 CLI=$BLKSNAP_CLI
-val() { sed -n "s/^$1=//p" <<<"$2" | head -n1; }
 fill() { dd if=/dev/zero bs=1M count=4 status=none | tr '\0' "$2" | dd of="$1" bs=1M oflag=direct status=none; }
 sum() { dd if="$1" bs=1M count=4 iflag=direct status=none | md5sum | cut -d' ' -f1; }
 track() {
@@ -30,23 +20,18 @@ track() {
 }
 # snapshot DEV, overwrite it with CHAR: the image must keep the old data.
 cow_check() {
-	local dev=$1 before img out sid rc=0
+	local dev=$1 before rc=0
 	before=$(sum "$dev")
-	out=$("$CLI" snapshot_create -d "$dev") || return 1
-	sid=$(val id "$out")
-	"$CLI" snapshot_appendstorage -i "$sid" -d /dev/ram1 -r 0:8192 >/dev/null &&
-		"$CLI" snapshot_take -i "$sid" >/dev/null &&
-		out=$("$CLI" snapshot_collect -i "$sid") && img=$(val image "$out") &&
-		wait_for "$img" 5 || rc=1
+	cli_create "$dev" || return 1
+	cli_take /dev/ram1 0:8192 && wait_for "$SNAP_IMG" 5 || rc=1
 	if [ $rc = 0 ]; then
 		fill "$dev" "$2"
 		[ "$(sum "$dev")" != "$before" ] || { echo "the write did not change $dev"; rc=1; }
-		[ "$(sum "$img")" = "$before" ] || { echo "the image of $dev lost its TAKE data"; rc=1; }
+		[ "$(sum "$SNAP_IMG")" = "$before" ] || { echo "the image of $dev lost its TAKE data"; rc=1; }
 	fi
-	"$CLI" snapshot_destroy -i "$sid" >/dev/null || rc=1
+	"$CLI" snapshot_destroy -i "$SNAP_ID" >/dev/null || rc=1
 	return $rc
 }
-case_fn() { local d=$1; shift; if out=$("$@" 2>&1); then ktap_ok "$d"; else ktap_fail "$d" "$out"; fi; }
 
 fill /dev/ram0 a
 fill /dev/ram64 b

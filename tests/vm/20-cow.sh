@@ -12,52 +12,17 @@
 # limit that doubles the chunk size), and on a device whose last chunk is a
 # single sector.
 # shellcheck source-path=SCRIPTDIR disable=SC2015,SC2119 # "test && test || fail" is meant
-source "$(dirname "$0")/../cbt-lib.sh"
+source "$(dirname "$0")/../cow-lib.sh"
 require_vm
-
-# Like case_fn, and shows how long the case took and, when it passed, the
-# summary lines of a stamp check; when it failed, its first FAIL lines and
-# the end of its output.
-tcase() {
-	local desc=$1 out rc sum t=$SECONDS
-	shift
-	out=$("$@" 2>&1) && rc=0 || rc=$?
-	if [ "$rc" = 0 ]; then
-		ktap_ok "$desc"
-		sum=$(grep -E 'writers done|chunks written|storage slots|events after|grow loop|image reads|DESTROY|rmmod took|event: code=1|point in time' <<<"$out" |
-			sed -E 's/^\[ *[0-9.]+\] //' | head -n 8)
-		[ -z "$sum" ] || ktap_diag "$sum"
-	else
-		sum=$(grep -m 15 'FAIL' <<<"$out")
-		ktap_fail "$desc" ${sum:+"$sum" "..."} "$(tail -n 25 <<<"$out")"
-	fi
-	ktap_diag "($((SECONDS - t)) s)"
-}
 
 ktap_plan 9
 
-if [ ! -f "$BLKSNAP_KO" ]; then
-	ktap_diag "$BLKSNAP_KO is missing (the module did not build)"
-	ktap_fail_rest "no blksnap.ko"
-	ktap_finish
-fi
-cbt_setup_exit_trap
-blksnap_unload
+cbt_start
 RD_KIB=32768 # 65536 sectors each
-setup_bad=
-brd_setup 4 $RD_KIB || setup_bad="brd: cannot load 4 ramdisks"
-[ -n "$setup_bad" ] || blksnap_load || setup_bad="insmod $BLKSNAP_KO failed"
-if [ -n "$setup_bad" ]; then
-	ktap_diag "$setup_bad"
-	ktap_fail_rest "setup failed"
-	ktap_finish
-fi
-
-STAMP=("${PYTHON_FAST[@]}" "$TESTS_DIR/tools/stamp.py")
-stamp() { "${STAMP[@]}" "$@"; }
+ram_setup 4 $RD_KIB
 
 # ---- storage on a second ramdisk
-tcase "stamp check, default chunks, storage on another ramdisk: image = TAKE data, original = newest" \
+stamp_case "stamp check, default chunks, storage on another ramdisk: image = TAKE data, original = newest" \
 	stamp run --dev /dev/ram0 --storage /dev/ram1:0:65536 --writers 4 --writes 400 \
 	--seconds 10 --zeroout --discard --image-writes 40 --check-storage --events --seed 11
 
@@ -74,21 +39,17 @@ SAME=(--dev /dev/ram2
 	--storage /dev/ram2:36864:16384 --storage /dev/ram1:4096:61440
 	--region /dev/ram2:2048:8192 --region /dev/ram2:10264:8168
 	--region /dev/ram2:26632:8184 --region /dev/ram2:53248:8192)
-tcase "stamp check, default chunks, storage interleaved with written ranges on the same device" \
+stamp_case "stamp check, default chunks, storage interleaved with written ranges on the same device" \
 	stamp run "${SAME[@]}" --writers 4 --writes 400 --seconds 10 --zeroout --discard \
 	--image-writes 40 --check-storage --events --seed 12
 
 # ---- image writes through the block layer, with the CLI driving the snapshot
 image_writes() {
-	local id out img off
+	local id img off
 	stamp fill /dev/ram3 >/dev/null || { echo "fill failed"; return 1; }
-	out=$("$BLKSNAP_CLI" snapshot_create -d /dev/ram3) || { echo "create: $out"; return 1; }
-	id=$(kv id "$out")
-	"$BLKSNAP_CLI" snapshot_appendstorage -i "$id" -d /dev/ram1 --range 0:32768 &&
-		"$BLKSNAP_CLI" snapshot_take -i "$id" || { echo "append/take failed"; return 1; }
-	out=$("$BLKSNAP_CLI" snapshot_collect -i "$id") || { echo "collect: $out"; return 1; }
-	img=$(kv image "$out")
-	echo "images: $out"
+	cli_snapshot /dev/ram1 0:32768 /dev/ram3 || return 1
+	id=$SNAP_ID img=$SNAP_IMG
+	echo "images: $SNAP_IMAGES"
 	[ -b "$img" ] || { echo "no image node '$img'"; return 1; }
 	# 64 KiB of random data at offsets on, across and inside chunks.
 	head -c $((64 * 1024)) /dev/urandom >/tmp/cow-pattern
@@ -115,7 +76,7 @@ image_writes() {
 	stamp check-fill /dev/ram3 || { echo "the original changed after DESTROY"; return 1; }
 	rm -f /tmp/cow-pattern /tmp/cow-back
 }
-tcase "image writes (CLI-driven snapshot): read back equal, original unchanged, rest of image unchanged" \
+stamp_case "image writes (CLI-driven snapshot): read back equal, original unchanged, rest of image unchanged" \
 	image_writes
 
 # ---- a device whose size is neither a chunk nor a page multiple: 16 MiB
@@ -130,7 +91,7 @@ odd_size() {
 	rm -f $f
 	return $rc
 }
-tcase "a device of 16 MiB and one sector (a one-sector last chunk): image = TAKE data, slots right" odd_size
+stamp_case "a device of 16 MiB and one sector (a one-sector last chunk): image = TAKE data, slots right" odd_size
 
 # ---- small chunks
 for shift in 12 16; do
@@ -138,7 +99,7 @@ for shift in 12 16; do
 		want=$((1 << (shift - 9)))
 		got=$(stamp chunk /dev/ram2)
 		echo "# chunk_minimum_shift=$shift: chunk $got sectors"
-		tcase "chunk_minimum_shift=$shift: stamp check, same-device interleaved storage (chunk $want sectors)" \
+		stamp_case "chunk_minimum_shift=$shift: stamp check, same-device interleaved storage (chunk $want sectors)" \
 			stamp run "${SAME[@]}" --writers 4 --writes 500 --seconds 10 --zeroout --discard \
 			--image-writes 30 --check-storage --events --seed $((20 + shift))
 	else
@@ -157,7 +118,7 @@ if blksnap_load chunk_minimum_shift=12 chunk_maximum_count=2048; then
 		ktap_fail "chunk size rule: 4 KiB minimum, at most 2048 chunks on 32 MiB gives 32 sectors" \
 			"stamp.py chunk says $got"
 	fi
-	tcase "chunk_maximum_count=2048: stamp check, each storage slot holds one 16 KiB chunk" \
+	stamp_case "chunk_maximum_count=2048: stamp check, each storage slot holds one 16 KiB chunk" \
 		stamp run --dev /dev/ram0 --storage /dev/ram1:0:65536 --writers 3 --writes 300 \
 		--seconds 10 --image-writes 20 --check-storage --events --seed 31
 else
@@ -166,10 +127,5 @@ else
 fi
 
 blksnap_clear
-out=$(rmmod blksnap 2>&1) && rc=0 || rc=$?
-if [ "$rc" = 0 ] && ! blksnap_loaded; then
-	ktap_ok "the module unloads after the copy-on-write tests"
-else
-	ktap_fail "the module unloads after the copy-on-write tests" "rmmod: exit $rc: $out"
-fi
+unload_case "the module unloads after the copy-on-write tests"
 ktap_finish

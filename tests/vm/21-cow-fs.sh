@@ -8,55 +8,20 @@
 # preallocated on the snapshotted filesystems themselves (found with FIEMAP):
 # the images stay correct and clean, and the storage is used.
 # shellcheck source-path=SCRIPTDIR disable=SC2015,SC2119 # "test && test || fail" is meant
-source "$(dirname "$0")/../cbt-lib.sh"
+source "$(dirname "$0")/../cow-lib.sh"
 require_vm
-
-# Like case_fn, and shows how long the case took and, when it passed, the
-# summary lines of a stamp check; when it failed, its first FAIL lines and
-# the end of its output.
-tcase() {
-	local desc=$1 out rc sum t=$SECONDS
-	shift
-	out=$("$@" 2>&1) && rc=0 || rc=$?
-	if [ "$rc" = 0 ]; then
-		ktap_ok "$desc"
-		sum=$(grep -E 'writers done|chunks written|storage slots|events after|grow loop|image reads|DESTROY|rmmod took|event: code=1|point in time' <<<"$out" |
-			sed -E 's/^\[ *[0-9.]+\] //' | head -n 8)
-		[ -z "$sum" ] || ktap_diag "$sum"
-	else
-		sum=$(grep -m 15 'FAIL' <<<"$out")
-		ktap_fail "$desc" ${sum:+"$sum" "..."} "$(tail -n 25 <<<"$out")"
-	fi
-	ktap_diag "($((SECONDS - t)) s)"
-}
 
 RD_KIB=131072
 EXT=/dev/ram0 XFS=/dev/ram1 STORE=/dev/ram2
 M=/mnt/cow-fs
 MNT_EXT=$M/ext4 MNT_XFS=$M/xfs IMG_EXT=$M/ext4-image IMG_XFS=$M/xfs-image
 SUMS=/tmp/cow-fs-sums
-# mkfs.xfs refuses filesystems below 300 MB unless it runs under fstests.
-XFS_SMALL=(env TEST_DIR=/tmp TEST_DEV="$XFS" QA_CHECK_FS=1)
 CLI=$BLKSNAP_CLI
-STAMP=("${PYTHON_FAST[@]}" "$TESTS_DIR/tools/stamp.py")
 
 ktap_plan 12
 
-if [ ! -f "$BLKSNAP_KO" ]; then
-	ktap_diag "$BLKSNAP_KO is missing (the module did not build)"
-	ktap_fail_rest "no blksnap.ko"
-	ktap_finish
-fi
-cbt_setup_exit_trap
-blksnap_unload
-setup_bad=
-brd_setup 3 $RD_KIB || setup_bad="brd: cannot load 3 ramdisks"
-[ -n "$setup_bad" ] || blksnap_load || setup_bad="insmod $BLKSNAP_KO failed"
-if [ -n "$setup_bad" ]; then
-	ktap_diag "$setup_bad"
-	ktap_fail_rest "setup failed"
-	ktap_finish
-fi
+cbt_start
+ram_setup 3 $RD_KIB
 # Unmount before the devices go (at_exit runs last-added first).
 at_exit "umount $MNT_EXT; umount $MNT_XFS; rm -rf $SUMS"
 at_exit "umount $IMG_EXT; umount $IMG_XFS"
@@ -79,27 +44,10 @@ check_sums() {
 mount_img() { # FSTYPE IMAGE DIR
 	if [ "$1" = xfs ]; then mount -t xfs -o nouuid "$2" "$3"; else mount -t ext4 "$2" "$3"; fi
 }
-# The image path of original device $2 in `snapshot_collect -i` output $1.
-image_of() {
-	awk -v d="orig_dev_id=$2" '$0 == d { f = 1 } f && /^image=/ { print substr($0, 7); exit }' <<<"$1"
-}
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-# Like case_fn, but runs CMD in this shell (so that it can set variables).
-case_sh() {
-	local desc=$1 rc t=$SECONDS
-	shift
-	"$@" >/tmp/cow-fs-case 2>&1 && rc=0 || rc=$?
-	if [ "$rc" = 0 ]; then
-		ktap_ok "$desc"
-	else
-		ktap_fail "$desc" "$(tail -n 30 /tmp/cow-fs-case)"
-	fi
-	ktap_diag "($((SECONDS - t)) s)"
-}
 
 # ---- filesystems with data
 setup_fs() {
-	mkfs.ext4 -q -F -b 4096 $EXT && "${XFS_SMALL[@]}" mkfs.xfs -q -f $XFS || return 1
+	mkfs.ext4 -q -F -b 4096 $EXT && mkfs_xfs_small $XFS || return 1
 	mount $EXT $MNT_EXT && mount $XFS $MNT_XFS || return 1
 	local mnt
 	for mnt in $MNT_EXT $MNT_XFS; do
@@ -108,7 +56,7 @@ setup_fs() {
 	done
 	sync
 }
-tcase "ext4 and xfs on ramdisks, mounted, with files written" setup_fs
+stamp_case "ext4 and xfs on ramdisks, mounted, with files written" setup_fs
 if ! mountpoint -q $MNT_EXT || ! mountpoint -q $MNT_XFS; then
 	ktap_fail_rest "no filesystems"
 	ktap_finish
@@ -118,19 +66,18 @@ fi
 SID="" IMGS="" EXT_IMG="" XFS_IMG=""
 take_both() {
 	local out
-	out=$($CLI snapshot_create -d $EXT -d $XFS) || { echo "create: $out"; return 1; }
-	SID=$(kv id "$out")
+	cli_create $EXT $XFS || return 1
+	SID=$SNAP_ID
 	out=$($CLI snapshot_waitevent -i "$SID" -t 5000) || { echo "waitevent: $out"; return 1; }
 	grep -qx event=low_free_space <<<"$out" || { echo "first event: $out"; return 1; }
-	$CLI snapshot_appendstorage -i "$SID" -d $STORE --range 0:$((RD_KIB * 2)) || return 1
-	$CLI snapshot_take -i "$SID" || return 1
-	IMGS=$($CLI snapshot_collect -i "$SID") || { echo "collect: $IMGS"; return 1; }
+	cli_take $STORE 0:$((RD_KIB * 2)) || return 1
+	IMGS=$SNAP_IMAGES
 	EXT_IMG=$(image_of "$IMGS" "$(devno $EXT)")
 	XFS_IMG=$(image_of "$IMGS" "$(devno $XFS)")
 	echo "$IMGS"
 	[ -b "$EXT_IMG" ] && [ -b "$XFS_IMG" ] || { echo "images: '$EXT_IMG' '$XFS_IMG'"; return 1; }
 }
-case_sh "snapshot of the mounted ext4 and xfs taken with the CLI, one image each" take_both
+timed_case "snapshot of the mounted ext4 and xfs taken with the CLI, one image each" take_both
 ktap_diag "images: ext4 $EXT_IMG, xfs $XFS_IMG"
 
 # Changes after TAKE: new files, a file rewritten, one deleted, one appended to.
@@ -157,9 +104,9 @@ image_shows_take() { # FSTYPE IMAGE DIR NAME
 }
 change_after >/tmp/cow-fs-change 2>&1 || ktap_diag "changing the originals failed: $(cat /tmp/cow-fs-change)"
 drop_caches
-tcase "ext4 image shows the files as at TAKE (rewritten, deleted, appended files as before; no new files)" \
+stamp_case "ext4 image shows the files as at TAKE (rewritten, deleted, appended files as before; no new files)" \
 	image_shows_take ext4 "$EXT_IMG" $IMG_EXT ext4
-tcase "xfs image (mounted with nouuid) shows the files as at TAKE, none written after" \
+stamp_case "xfs image (mounted with nouuid) shows the files as at TAKE, none written after" \
 	image_shows_take xfs "$XFS_IMG" $IMG_XFS xfs
 
 # ---- writes into the mounted images
@@ -187,7 +134,7 @@ image_writes() {
 		check_sums "$mnt/after" "$fs-after" || return 1
 	done
 }
-tcase "files written into the mounted images persist across remount and never reach the originals" \
+stamp_case "files written into the mounted images persist across remount and never reach the originals" \
 	image_writes
 
 umount $IMG_EXT 2>/dev/null
@@ -209,7 +156,7 @@ after_destroy() {
 	xfs_repair -n $XFS >/tmp/cow-fs-repair 2>&1 || { cat /tmp/cow-fs-repair; echo "xfs_repair of the original"; return 1; }
 	mount $EXT $MNT_EXT && mount $XFS $MNT_XFS || { echo "remount of the originals failed"; return 1; }
 }
-tcase "after DESTROY the originals hold every change made after TAKE and check clean" after_destroy
+stamp_case "after DESTROY the originals hold every change made after TAKE and check clean" after_destroy
 
 # ---- storage in preallocated files on the snapshotted filesystems themselves
 STORE_MB=56
@@ -221,10 +168,10 @@ in_fs_storage() {
 		fallocate -l ${STORE_MB}M "$mnt/blksnap.diff" || { echo "fallocate on $mnt failed"; return 1; }
 	done
 	sync
-	out=$("${STAMP[@]}" fiemap $MNT_EXT/blksnap.diff) && [ -n "$out" ] ||
+	out=$(stamp fiemap $MNT_EXT/blksnap.diff) && [ -n "$out" ] ||
 		{ echo "FIEMAP of the ext4 file: $out"; return 1; }
 	mapfile -t RANGES_EXT <<<"$out"
-	out=$("${STAMP[@]}" fiemap $MNT_XFS/blksnap.diff) && [ -n "$out" ] ||
+	out=$(stamp fiemap $MNT_XFS/blksnap.diff) && [ -n "$out" ] ||
 		{ echo "FIEMAP of the xfs file: $out"; return 1; }
 	mapfile -t RANGES_XFS <<<"$out"
 	echo "ext4 file extents (sectors): ${RANGES_EXT[*]}"
@@ -244,8 +191,8 @@ in_fs_storage() {
 		save_sums "$mnt/before2" "$(basename "$mnt")-before2" || return 1
 	done
 	sync
-	out=$($CLI snapshot_create -d $EXT -d $XFS) || { echo "create: $out"; return 1; }
-	SID2=$(kv id "$out")
+	cli_create $EXT $XFS || return 1
+	SID2=$SNAP_ID
 	$CLI snapshot_appendstorage -i "$SID2" -d $EXT --range "${RANGES_EXT[@]}" &&
 		$CLI snapshot_appendstorage -i "$SID2" -d $XFS --range "${RANGES_XFS[@]}" ||
 		{ echo "append of the file extents failed"; return 1; }
@@ -262,7 +209,7 @@ in_fs_storage() {
 	echo "event after the writes: $out"
 	! grep -q event=corrupted <<<"$out" || { echo "the snapshot is corrupted"; return 1; }
 }
-case_sh "storage = FIEMAP extents of files preallocated on the snapshotted ext4 and xfs; TAKE; 40 MiB rewritten" \
+timed_case "storage = FIEMAP extents of files preallocated on the snapshotted ext4 and xfs; TAKE; 40 MiB rewritten" \
 	in_fs_storage
 
 in_fs_images() {
@@ -294,7 +241,7 @@ fsck_one() {
 		fsck.ext4 -fn "$2" || { echo "fsck.ext4 -fn $2 failed"; return 1; }
 	fi
 }
-tcase "images with storage inside their own filesystems: data as at TAKE, fsck clean, storage used" \
+stamp_case "images with storage inside their own filesystems: data as at TAKE, fsck clean, storage used" \
 	in_fs_images
 
 in_fs_destroy() {
@@ -308,14 +255,9 @@ in_fs_destroy() {
 	umount $MNT_EXT && umount $MNT_XFS || { echo "umount failed"; return 1; }
 	fsck_one ext4 $EXT && fsck_one xfs $XFS
 }
-tcase "after DESTROY the filesystems holding the storage files are intact and clean" in_fs_destroy
+stamp_case "after DESTROY the filesystems holding the storage files are intact and clean" in_fs_destroy
 
 blksnap_clear
-out=$(rmmod blksnap 2>&1) && rc=0 || rc=$?
-if [ "$rc" = 0 ] && ! blksnap_loaded; then
-	ktap_ok "the module unloads after the filesystem tests"
-else
-	ktap_fail "the module unloads after the filesystem tests" "rmmod: exit $rc: $out"
-fi
-rm -f /tmp/cow-fs-change /tmp/cow-fs-repair /tmp/cow-fs-case
+unload_case "the module unloads after the filesystem tests"
+rm -f /tmp/cow-fs-change /tmp/cow-fs-repair
 ktap_finish

@@ -12,66 +12,23 @@
 # go on without error and lose nothing, image reads and writes fail with EIO;
 # DESTROY works and the next snapshot of the device is healthy.
 # shellcheck source-path=SCRIPTDIR disable=SC2015,SC2119 # "test && test || fail" is meant
-source "$(dirname "$0")/../cbt-lib.sh"
+source "$(dirname "$0")/../cow-lib.sh"
 require_vm
-
-# Like case_fn, and shows how long the case took and, when it passed, the
-# summary lines of a stamp check; when it failed, its first FAIL lines and
-# the end of its output.
-tcase() {
-	local desc=$1 out rc sum t=$SECONDS
-	shift
-	out=$("$@" 2>&1) && rc=0 || rc=$?
-	if [ "$rc" = 0 ]; then
-		ktap_ok "$desc"
-		sum=$(grep -E 'writers done|chunks written|storage slots|events after|grow loop|image reads|DESTROY|rmmod took|event: code=1|point in time' <<<"$out" |
-			sed -E 's/^\[ *[0-9.]+\] //' | head -n 8)
-		[ -z "$sum" ] || ktap_diag "$sum"
-	else
-		sum=$(grep -m 15 'FAIL' <<<"$out")
-		ktap_fail "$desc" ${sum:+"$sum" "..."} "$(tail -n 25 <<<"$out")"
-	fi
-	ktap_diag "($((SECONDS - t)) s)"
-}
 
 ktap_plan 8
 
-if [ ! -f "$BLKSNAP_KO" ]; then
-	ktap_diag "$BLKSNAP_KO is missing (the module did not build)"
-	ktap_fail_rest "no blksnap.ko"
-	ktap_finish
-fi
-cbt_setup_exit_trap
-blksnap_unload
+cbt_start
 ORIG_KIB=81920     # ram0, the original of the stretch test: 163840 sectors
 POOL_MIB=112       # the storage pool (a loop device): 229376 sectors
 STEP=16384         # sectors appended at a time (8 MiB)
 MINIMUM=65536      # diff_storage_minimum: low_free_space below 32768 free sectors (16 MiB)
-setup_bad=
-brd_setup 1 $ORIG_KIB || setup_bad="brd: cannot load a ramdisk"
+ram_setup 1 $ORIG_KIB diff_storage_minimum=$MINIMUM
 # POOL, L2, L3: loop devices over files in /tmp.
-LOOPS=()
-for f in pool:$POOL_MIB l2:32 l3:32; do
-	[ -z "$setup_bad" ] || break
-	file=/tmp/overflow-${f%:*}
-	truncate -s "${f#*:}M" "$file" && l=$(losetup -f --show "$file") ||
-		{ setup_bad="losetup $file failed"; break; }
-	at_exit "losetup -d $l; rm -f $file"
-	wait_for "$l" 5 || setup_bad="no $l"
-	LOOPS+=("$l")
-done
-POOL=${LOOPS[0]:-} L2=${LOOPS[1]:-} L3=${LOOPS[2]:-}
-[ -n "$setup_bad" ] || blksnap_load diff_storage_minimum=$MINIMUM ||
-	setup_bad="insmod $BLKSNAP_KO diff_storage_minimum=$MINIMUM failed"
-if [ -n "$setup_bad" ]; then
-	ktap_diag "$setup_bad"
-	ktap_fail_rest "setup failed"
-	ktap_finish
-fi
+POOL='' L2='' L3=''
+loop_setup POOL ${POOL_MIB}M && loop_setup L2 32M && loop_setup L3 32M ||
+	setup_abort "losetup failed"
 
 CLI=$BLKSNAP_CLI
-STAMP=("${PYTHON_FAST[@]}" "$TESTS_DIR/tools/stamp.py")
-stamp() { "${STAMP[@]}" "$@"; }
 GROW_LOG=/tmp/overflow-grow.log
 at_exit "rm -f $GROW_LOG"
 
@@ -127,9 +84,7 @@ start_stretch() {
 	grep -q '^appended 0:' $GROW_LOG || { echo "no storage appended: $(cat $GROW_LOG)"; return 1; }
 	$CLI snapshot_take -i "$SID" || { echo "take failed"; return 1; }
 }
-start_stretch >/tmp/overflow-case 2>&1 && rc=0 || rc=$?
-ktap_result "$rc" "a snapshot with 8 MiB of storage, grown by a loop reacting to low_free_space events"
-((rc == 0)) || ktap_diag "$(tail -n 20 /tmp/overflow-case)"
+case_fn "a snapshot with 8 MiB of storage, grown by a loop reacting to low_free_space events" start_stretch
 
 stretch_run() {
 	local appends rc
@@ -143,7 +98,7 @@ stretch_run() {
 	((appends >= 10)) || { echo "the storage grew only $appends times"; return 1; }
 }
 if [ -n "$SID" ]; then
-	tcase "80 MiB written while the storage grows 8 MiB at a time from 8 MiB: no corrupted event, image = TAKE data" \
+	stamp_case "80 MiB written while the storage grows 8 MiB at a time from 8 MiB: no corrupted event, image = TAKE data" \
 		stretch_run
 else
 	ktap_fail "80 MiB written while the storage grows 8 MiB at a time" "no snapshot"
@@ -156,20 +111,20 @@ stretch_end() {
 	! kill -0 "$GROW_PID" 2>/dev/null || { echo "the grow loop's wait did not end after DESTROY"; return 1; }
 	grep -q 'ESRCH\|waitevent' $GROW_LOG || { echo "grow loop log: $(tail -n 3 $GROW_LOG)"; return 1; }
 }
-tcase "DESTROY ends the event loop's wait" stretch_end
+stamp_case "DESTROY ends the event loop's wait" stretch_end
 
 # ---- overflow: storage for 4 chunks (256 KiB each) of a 32 MiB device
-tcase "overflow: one corrupted event (ENOSPC), original writes go on and lose nothing, image I/O fails (EIO; ENOSPC for the image write that overflows)" \
+stamp_case "overflow: one corrupted event (ENOSPC), original writes go on and lose nothing, image I/O fails (EIO; ENOSPC for the image write that overflows)" \
 	stamp run --dev "$L2" --storage "$L3:0:2048" --overflow --writers 4 --writes 300 \
 	--seconds 20 --image-writes 20 --zeroout --seed 42
 
 # The same with the storage on the original itself, 2 chunks of it.
-tcase "overflow with the storage on the original device itself: the same" \
+stamp_case "overflow with the storage on the original device itself: the same" \
 	stamp run --dev "$L2" --storage "$L2:64512:1024" --overflow --writers 3 --writes 200 \
 	--seconds 15 --seed 43
 
 # After an overflow the device can be snapshotted again, healthy.
-tcase "after the overflow a new snapshot of the device is healthy" \
+stamp_case "after the overflow a new snapshot of the device is healthy" \
 	stamp run --dev "$L2" --storage "$L3:0:65536" --writers 3 --writes 150 --seconds 8 \
 	--check-storage --events --seed 44
 
@@ -179,11 +134,8 @@ fs_overflow() {
 	mkfs.ext4 -q -F -b 4096 "$L2" || return 1
 	mkdir -p $mnt && mount "$L2" $mnt || return 1
 	at_exit "umount $mnt"
-	out=$($CLI snapshot_create -d "$L2") || { echo "create: $out"; return 1; }
-	id=$(kv id "$out")
-	$CLI snapshot_appendstorage -i "$id" -d "$L3" --range 0:1024 && $CLI snapshot_take -i "$id" ||
-		{ echo "append/take failed"; return 1; }
-	img=$(kv image "$($CLI snapshot_collect -i "$id")")
+	cli_snapshot "$L3" 0:1024 "$L2" || return 1
+	id=$SNAP_ID img=$SNAP_IMG
 	dd if=/dev/urandom of=$mnt/data bs=1M count=12 conv=fsync status=none ||
 		{ echo "writing to the filesystem failed"; return 1; }
 	sha256sum $mnt/data >/tmp/overflow-sum
@@ -201,14 +153,8 @@ fs_overflow() {
 	umount $mnt
 	rm -f /tmp/overflow-sum
 }
-tcase "overflow under a mounted ext4: the filesystem stays clean and its data intact" fs_overflow
+stamp_case "overflow under a mounted ext4: the filesystem stays clean and its data intact" fs_overflow
 
 blksnap_clear
-out=$(rmmod blksnap 2>&1) && rc=0 || rc=$?
-if [ "$rc" = 0 ] && ! blksnap_loaded; then
-	ktap_ok "the module unloads after the overflow tests"
-else
-	ktap_fail "the module unloads after the overflow tests" "rmmod: exit $rc: $out"
-fi
-rm -f /tmp/overflow-case
+unload_case "the module unloads after the overflow tests"
 ktap_finish

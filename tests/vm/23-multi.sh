@@ -12,58 +12,24 @@
 # copy-on-write (one corrupted event, original intact, image EIO). Last,
 # rmmod with snapshots alive and a writer running.
 # shellcheck source-path=SCRIPTDIR disable=SC2015,SC2119 # "test && test || fail" is meant
-source "$(dirname "$0")/../cbt-lib.sh"
+source "$(dirname "$0")/../cow-lib.sh"
 require_vm
-
-# Like case_fn, and shows how long the case took and, when it passed, the
-# summary lines of a stamp check; when it failed, its first FAIL lines and
-# the end of its output.
-tcase() {
-	local desc=$1 out rc sum t=$SECONDS
-	shift
-	out=$("$@" 2>&1) && rc=0 || rc=$?
-	if [ "$rc" = 0 ]; then
-		ktap_ok "$desc"
-		sum=$(grep -E 'writers done|chunks written|storage slots|events after|grow loop|image reads|DESTROY|rmmod took|event: code=1|point in time' <<<"$out" |
-			sed -E 's/^\[ *[0-9.]+\] //' | head -n 8)
-		[ -z "$sum" ] || ktap_diag "$sum"
-	else
-		sum=$(grep -m 15 'FAIL' <<<"$out")
-		ktap_fail "$desc" ${sum:+"$sum" "..."} "$(tail -n 25 <<<"$out")"
-	fi
-	ktap_diag "($((SECONDS - t)) s)"
-}
 
 ktap_plan 11
 
-if [ ! -f "$BLKSNAP_KO" ]; then
-	ktap_diag "$BLKSNAP_KO is missing (the module did not build)"
-	ktap_fail_rest "no blksnap.ko"
-	ktap_finish
-fi
-cbt_setup_exit_trap
-blksnap_unload
+cbt_start
 RD_KIB=16384 # 32768 sectors: 64 chunks of 256 KiB
 MNT=/mnt/multi-image
-setup_bad=
-brd_setup 7 $RD_KIB || setup_bad="brd: cannot load 7 ramdisks"
-[ -n "$setup_bad" ] || blksnap_load || setup_bad="insmod $BLKSNAP_KO failed"
-if [ -n "$setup_bad" ]; then
-	ktap_diag "$setup_bad"
-	ktap_fail_rest "setup failed"
-	ktap_finish
-fi
+ram_setup 7 $RD_KIB
 
 CLI=$BLKSNAP_CLI
-STAMP=("${PYTHON_FAST[@]}" "$TESTS_DIR/tools/stamp.py")
-stamp() { "${STAMP[@]}" "$@"; }
 at_exit "umount $MNT"
 mkdir -p $MNT
 
 # ---- one snapshot of two devices, the storage of both on one of them
 # ram1: writers in 0+8192, storage 8192+24576 (48 chunks); ram0: writers in
 # 0+8192; at most 16 + 16 chunks written and 12 by image writes.
-tcase "one snapshot of ram0 and ram1, storage of both on ram1: both images = TAKE data" \
+stamp_case "one snapshot of ram0 and ram1, storage of both on ram1: both images = TAKE data" \
 	stamp run --dev /dev/ram0 --dev /dev/ram1 --storage /dev/ram1:8192:24576 \
 	--region /dev/ram0:0:8192 --region /dev/ram1:0:8192 --writers 4 --writes 300 --seconds 7 \
 	--image-writes 6 --zeroout --discard --check-storage --events --seed 51
@@ -71,7 +37,7 @@ tcase "one snapshot of ram0 and ram1, storage of both on ram1: both images = TAK
 # The same two devices, the snapshot taken while the writers run: each image
 # sector holds data some write allowed at TAKE, and no write is in an image
 # while a write (to either device) that ended before it began is not.
-tcase "snapshot of ram0 and ram1 taken while both are written: one point in time across both" \
+stamp_case "snapshot of ram0 and ram1 taken while both are written: one point in time across both" \
 	stamp run --dev /dev/ram0 --dev /dev/ram1 --storage /dev/ram1:8192:24576 \
 	--storage /dev/ram6:0:32768 --region /dev/ram0:0:8192 --region /dev/ram1:0:8192 --writers 4 \
 	--writes 300 --seconds 8 --take-during-writes 2 --image-writes 4 --events --seed 52
@@ -101,21 +67,16 @@ concurrent() {
 	grep -qx count=0 <<<"$out" || { echo "snapshots left: $out"; return 1; }
 	return $rc
 }
-tcase "three snapshots taken and written at once on ram2..ram4, storage on each other's disks: all correct" \
+stamp_case "three snapshots taken and written at once on ram2..ram4, storage on each other's disks: all correct" \
 	concurrent
 
 # ---- writes that reach the original through another block device
 # A dm-linear device over sectors 4096+24576 of ram0: its bios are remapped
 # and resubmitted to ram0 by dm, and must be copied-on-write all the same.
 DM=""
-if dmsetup create --noudevsync multi-lin --table "0 24576 linear /dev/ram0 4096" 2>/tmp/multi-dm; then
-	at_exit "dmsetup remove --noudevsync multi-lin"
-	mm=$(dmsetup info -c --noheadings -o major,minor multi-lin)
-	mm=${mm// /}
-	wait_for "/dev/dm-${mm#*:}" 5 && DM=/dev/dm-${mm#*:}
-fi
+dm_linear DM multi-lin /dev/ram0 4096 24576 2>/tmp/multi-dm
 if [ -n "$DM" ]; then
-	tcase "writes through a dm-linear device on the original are copied-on-write: image = TAKE data" \
+	stamp_case "writes through a dm-linear device on the original are copied-on-write: image = TAKE data" \
 		stamp run --dev /dev/ram0 --via "$DM:4096" --storage /dev/ram1:0:32768 --writers 3 \
 		--writes 300 --seconds 8 --max-io 512 --image-writes 4 --zeroout --discard --check-storage \
 		--events --seed 55
@@ -128,22 +89,13 @@ rm -f /tmp/multi-dm
 # A loop disk with one partition (sectors 2048+24576); the snapshot is of
 # the whole disk, the writes go to the partition.
 PART_LOOP=""
-mbr_one_partition() { # FILE START SIZE: an MBR with one Linux partition
-	"${PYTHON_FAST[@]}" -c '
-import struct, sys
-mbr = bytearray(512)
-mbr[446:462] = struct.pack("<B3sB3sII", 0, bytes(3), 0x83, bytes(3), int(sys.argv[2]), int(sys.argv[3]))
-mbr[510:512] = b"\x55\xaa"
-with open(sys.argv[1], "r+b") as f:
-    f.write(mbr)' "$@"
-}
-if truncate -s 16M /tmp/multi-part && mbr_one_partition /tmp/multi-part 2048 24576 &&
+if truncate -s 16M /tmp/multi-part && write_mbr /tmp/multi-part 2048:24576 &&
 	PART_LOOP=$(losetup -f --show -P /tmp/multi-part); then
 	at_exit "losetup -d $PART_LOOP; rm -f /tmp/multi-part"
 	wait_for "${PART_LOOP}p1" 5 || PART_LOOP=""
 fi
 if [ -n "$PART_LOOP" ]; then
-	tcase "writes through a partition of the snapshotted disk are copied-on-write: image = TAKE data" \
+	stamp_case "writes through a partition of the snapshotted disk are copied-on-write: image = TAKE data" \
 		stamp run --dev "$PART_LOOP" --via "${PART_LOOP}p1:2048" --storage /dev/ram1:0:32768 \
 		--writers 3 --writes 300 --seconds 8 --max-io 512 --image-writes 4 --zeroout \
 		--check-storage --events --seed 56
@@ -167,16 +119,13 @@ destroy_mounted_run() {
 	mkfs.ext4 -q -F -b 4096 /dev/ram5 && mount /dev/ram5 $FS || return 1
 	for i in 0 1 2 3 4 5; do head -c 1000000 /dev/urandom >$FS/f$i; done
 	sync
-	out=$($CLI snapshot_create -d /dev/ram5) || { echo "create: $out"; return 1; }
-	id=$(kv id "$out")
-	$CLI snapshot_appendstorage -i "$id" -d /dev/ram6 --range 0:32768 && $CLI snapshot_take -i "$id" ||
-		{ echo "append/take failed"; return 1; }
-	img=$(kv image "$($CLI snapshot_collect -i "$id")")
+	cli_snapshot /dev/ram6 0:32768 /dev/ram5 || return 1
+	id=$SNAP_ID img=$SNAP_IMG
 	mount -o ro "$img" $MNT || { echo "mount of $img failed"; return 1; }
 	# Readers: the image device itself, and the files through the mount
 	# (direct I/O, so that they reach the device).
 	rm -f /tmp/multi-stop
-	"${STAMP[@]}" read-loop "$img" --seconds 120 --delay 0.01 --stop-file /tmp/multi-stop \
+	stamp read-loop "$img" --seconds 120 --delay 0.01 --stop-file /tmp/multi-stop \
 		>/tmp/multi-r1 2>&1 &
 	r1=$!
 	n=200
@@ -220,7 +169,7 @@ destroy_mounted_run() {
 	umount $MNT || umount -l $MNT || { echo "umount of the dead image failed"; return 1; }
 	rm -f /tmp/multi-r1 /tmp/multi-r2 /tmp/multi-w /tmp/multi-stop
 }
-tcase "DESTROY while the image is mounted and read: readers get errors, nothing hangs" destroy_mounted
+stamp_case "DESTROY while the image is mounted and read: readers get errors, nothing hangs" destroy_mounted
 
 original_intact() {
 	local out
@@ -235,55 +184,30 @@ original_intact() {
 	grep -qx count=0 <<<"$out" || { echo "snapshots left: $out"; return 1; }
 	rm -f /tmp/multi-sums
 }
-tcase "after that DESTROY the original filesystem has all its files and checks clean" original_intact
+stamp_case "after that DESTROY the original filesystem has all its files and checks clean" original_intact
 
 # ---- scsi_debug disks (16 MiB, one store each) deleted under taken snapshots
-sd_disks() {
-	local d
-	for d in /sys/bus/pseudo/drivers/scsi_debug/adapter*/host*/target*/*/block/*; do
-		[ -e "$d" ] && basename "$d"
-	done | sort
-}
-SD=()
-sd_setup() {
-	[ ! -e /sys/module/scsi_debug ] || rmmod scsi_debug || return 1
-	modprobe scsi_debug dev_size_mb=16 add_host=2 num_tgts=1 max_luns=1 per_host_store=1 || return 1
-	local n=100
-	while (($(sd_disks | wc -l) < 2)) && ((n-- > 0)); do sleep 0.1; done
-	mapfile -t SD <<<"$(sd_disks)"
-	((${#SD[@]} == 2)) || { echo "scsi_debug disks: ${SD[*]}"; return 1; }
-	for d in "${SD[@]}"; do wait_for "/dev/$d" 5 || return 1; done
-}
-gone() {
-	local n=100
-	while [ -e "/sys/block/$1" ] && ((n-- > 0)); do sleep 0.1; done
-	[ ! -e "/sys/block/$1" ]
-}
 sd_bad=
-sd_setup >/tmp/multi-sd 2>&1 || sd_bad="scsi_debug: $(cat /tmp/multi-sd)"
+sd_setup 2 per_host_store=1 >/tmp/multi-sd 2>&1 || sd_bad="scsi_debug: $(cat /tmp/multi-sd)"
 rm -f /tmp/multi-sd
-at_exit "rmmod scsi_debug"
 
 sd_original_deleted() {
 	local d=${SD[0]} dn id out img r w
 	dn=$(devno "/dev/$d")
-	out=$($CLI snapshot_create -d "/dev/$d") || { echo "create: $out"; return 1; }
-	id=$(kv id "$out")
-	$CLI snapshot_appendstorage -i "$id" -d /dev/ram6 --range 0:32768 && $CLI snapshot_take -i "$id" ||
-		{ echo "append/take failed"; return 1; }
-	img=$(kv image "$($CLI snapshot_collect -i "$id")")
+	cli_snapshot /dev/ram6 0:32768 "/dev/$d" || return 1
+	id=$SNAP_ID img=$SNAP_IMG
 	# (Only while the node is a block device: dd would create a file.)
 	(while [ -b "/dev/$d" ] && dd if=/dev/urandom of="/dev/$d" bs=64k count=4 seek=$((RANDOM % 250)) \
 		oflag=direct conv=notrunc status=none 2>/dev/null; do :; done) &
 	w=$!
 	rm -f /tmp/multi-stop
-	"${STAMP[@]}" read-loop "$img" --seconds 120 --stop-file /tmp/multi-stop >/tmp/multi-sdr 2>&1 &
+	stamp read-loop "$img" --seconds 120 --stop-file /tmp/multi-stop >/tmp/multi-sdr 2>&1 &
 	r=$!
 	local n=200
 	while ! grep -q '^open' /tmp/multi-sdr && ((n-- > 0)); do sleep 0.1; done
 	sleep 2
-	echo 1 >"/sys/block/$d/device/delete" || { echo "delete failed"; kill $w $r; return 1; }
-	gone "$d" || { echo "/sys/block/$d still there"; kill $w $r; return 1; }
+	sd_delete "$d" || { echo "delete failed"; kill $w $r; return 1; }
+	sd_gone "$d" 10 || { echo "/sys/block/$d still there"; kill $w $r; return 1; }
 	sleep 2
 	touch /tmp/multi-stop
 	wait $r
@@ -310,9 +234,9 @@ if [ -n "$sd_bad" ]; then
 	ktap_fail "scsi_debug original deleted under a taken snapshot, written and read" "no scsi_debug"
 	ktap_fail "scsi_debug storage disk deleted while copy-on-write needs it" "no scsi_debug"
 else
-	tcase "scsi_debug original deleted under a taken snapshot while written and its image read: DESTROY works" \
+	stamp_case "scsi_debug original deleted under a taken snapshot while written and its image read: DESTROY works" \
 		sd_original_deleted
-	tcase "scsi_debug storage disk deleted while copy-on-write needs it: one corrupted event, original intact, image EIO" \
+	stamp_case "scsi_debug storage disk deleted while copy-on-write needs it: one corrupted event, original intact, image EIO" \
 		sd_storage_deleted
 fi
 
@@ -320,12 +244,9 @@ no_images() { ! compgen -G "/sys/block/blksnap-image*" >/dev/null; }
 
 # ---- rmmod with snapshots alive: one taken (writer running), one created
 unload_alive() {
-	local out id1 w t errs=/tmp/multi-werr
-	out=$($CLI snapshot_create -d /dev/ram1) || { echo "create: $out"; return 1; }
-	id1=$(kv id "$out")
-	$CLI snapshot_appendstorage -i "$id1" -d /dev/ram6 --range 0:32768 && $CLI snapshot_take -i "$id1" ||
-		{ echo "append/take failed"; return 1; }
-	out=$($CLI snapshot_create -d /dev/ram2) || { echo "create: $out"; return 1; }
+	local out w t errs=/tmp/multi-werr
+	cli_snapshot /dev/ram6 0:32768 /dev/ram1 || return 1
+	cli_create /dev/ram2 || return 1
 	: >$errs
 	(for i in $(seq 1 30); do
 		dd if=/dev/urandom of=/dev/ram1 bs=64k count=2 seek=$((i * 13 % 250)) oflag=direct conv=notrunc,nocreat \
@@ -342,7 +263,7 @@ unload_alive() {
 	no_images || { echo "images left: $(echo /sys/block/blksnap-image*)"; return 1; }
 	rm -f $errs
 }
-tcase "rmmod with a taken snapshot (original being written) and a created one: unloads, writes unharmed" \
+stamp_case "rmmod with a taken snapshot (original being written) and a created one: unloads, writes unharmed" \
 	unload_alive
 if ! blksnap_loaded && no_images; then
 	ktap_ok "no image disk is left after the unload"

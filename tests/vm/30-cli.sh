@@ -20,26 +20,11 @@ NOID=0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0
 
 ktap_plan 42
 
-if [ ! -f "$BLKSNAP_KO" ] || [ ! -x "$CLI" ]; then
-	ktap_diag "$BLKSNAP_KO or $CLI is missing (not built)"
-	ktap_fail_rest "nothing to test"
-	ktap_finish
-fi
-cbt_setup_exit_trap
-blksnap_unload
-setup_bad=
-brd_setup 4 $RD_KIB || setup_bad="brd: cannot load 4 ramdisks"
-[ -n "$setup_bad" ] || blksnap_load diff_storage_minimum=$MIN_SECT || setup_bad="insmod $BLKSNAP_KO failed"
-if [ -z "$setup_bad" ]; then
-	mkdir -p $STORE
-	mkfs.ext4 -q -F -b 4096 $EXTDEV && mount $EXTDEV $STORE || setup_bad="ext4 on $EXTDEV"
-	at_exit "chattr -R -i $STORE; umount $STORE"
-fi
-if [ -n "$setup_bad" ]; then
-	ktap_diag "$setup_bad"
-	ktap_fail_rest "setup failed"
-	ktap_finish
-fi
+cbt_start "$CLI"
+ram_setup 4 $RD_KIB diff_storage_minimum=$MIN_SECT
+mkdir -p $STORE
+at_exit "chattr -R -i $STORE; umount $STORE"
+mkfs.ext4 -q -F -b 4096 $EXTDEV && mount $EXTDEV $STORE || setup_abort "ext4 on $EXTDEV"
 
 # cli_errno ERRNO DESC ARGS...: the CLI fails with exit status 1 and a
 # "blksnap: <op>: <message> (ERRNO)" line.
@@ -54,8 +39,6 @@ cli_errno() {
 		ktap_fail "$desc" "expected exit 1 and ($want)" "command: blksnap $*" "exit $rc: $out"
 	fi
 }
-# The value of KEY in key=value output lines.
-val() { sed -n "s/^$1=//p" <<<"$2" | head -n1; }
 json_ok() { "${PYTHON_FAST[@]}" -c 'import json,sys; json.load(sys.stdin)'; }
 
 # ---- version, output formats, permission, control device
@@ -320,10 +303,5 @@ cli_errno ESRCH "backup --snapshot of an unknown snapshot (ESRCH)" backup --dir 
 rm -rf $BDIR /tmp/cli-restored /tmp/cli-map $ST_OUT $ST_OUT.json
 
 blksnap_clear
-out=$(rmmod blksnap 2>&1) && rc=0 || rc=$?
-if [ "$rc" = 0 ] && ! blksnap_loaded; then
-	ktap_ok "the module unloads after the CLI tests"
-else
-	ktap_fail "the module unloads after the CLI tests" "rmmod: exit $rc: $out"
-fi
+unload_case "the module unloads after the CLI tests"
 ktap_finish

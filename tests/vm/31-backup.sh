@@ -16,7 +16,7 @@
 # earlier backup number still restores to its image's checksum, and the
 # restored ext4 image passes fsck.
 # shellcheck source-path=SCRIPTDIR disable=SC2015,SC2119,SC2086 # "test && test || fail" is meant; names have no spaces
-source "$(dirname "$0")/../cbt-lib.sh"
+source "$(dirname "$0")/../cow-lib.sh"
 require_vm
 
 RD_KIB=65536
@@ -33,22 +33,9 @@ BURST=60
 
 ktap_plan $((1 + CYCLES * 3 + 4))
 
-if [ ! -f "$BLKSNAP_KO" ] || [ ! -x "$CLI" ]; then
-	ktap_diag "$BLKSNAP_KO or $CLI is missing (not built)"
-	ktap_fail_rest "nothing to test"
-	ktap_finish
-fi
-cbt_setup_exit_trap
-blksnap_unload
-setup_bad=
-brd_setup 3 $RD_KIB || setup_bad="brd: cannot load 3 ramdisks"
+cbt_start "$CLI"
 # 64 KiB chunks: less copy-on-write per random write.
-[ -n "$setup_bad" ] || blksnap_load chunk_minimum_shift=16 || setup_bad="insmod $BLKSNAP_KO failed"
-if [ -n "$setup_bad" ]; then
-	ktap_diag "$setup_bad"
-	ktap_fail_rest "setup failed"
-	ktap_finish
-fi
+ram_setup 3 $RD_KIB chunk_minimum_shift=16
 rm -rf $BDIR $W
 mkdir -p $MNT $W
 at_exit "umount $MNT; rm -rf $BDIR $W"
@@ -157,7 +144,6 @@ if __name__ == "__main__":
         compare(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], *sys.argv[6:])
 EOF
 tool() { "${PYTHON_FAST[@]}" $W/tool.py "$@"; }
-val() { sed -n "s/^$1=//p" <<<"$2" | head -n1; }
 # The value of KEY in the record of output $3 whose device= is $2.
 rec() { awk -v d="device=$2" -v k="$1=" '$0 == d { f = 1 } f && index($0, k) == 1 { print substr($0, length(k) + 1); exit } /^$/ { f = 0 }' <<<"$3"; }
 
@@ -176,15 +162,12 @@ DEV_SIZE=$((RD_KIB * 1024))
 SID='' IMG_EXT='' IMG_RAW=''
 declare -A SUMS
 take() {
-	local out
-	out=$("$CLI" snapshot_create -d $EXT $RAW) || return 1
-	SID=$(val id "$out")
+	cli_create $EXT $RAW || return 1
+	SID=$SNAP_ID
 	"$CLI" snapshot_waitevent -i "$SID" -t 5000 >/dev/null || return 1
-	"$CLI" snapshot_appendstorage -i "$SID" -d $STORE -r 0:$((RD_KIB * 2)) || return 1
-	"$CLI" snapshot_take -i "$SID" || return 1
-	out=$("$CLI" snapshot_collect -i "$SID") || return 1
-	IMG_EXT=$(awk -v d="orig_dev_id=$(devno $EXT)" '$0 == d { f = 1 } f && /^image=/ { print substr($0, 7); exit }' <<<"$out")
-	IMG_RAW=$(awk -v d="orig_dev_id=$(devno $RAW)" '$0 == d { f = 1 } f && /^image=/ { print substr($0, 7); exit }' <<<"$out")
+	cli_take $STORE 0:$((RD_KIB * 2)) || return 1
+	IMG_EXT=$(image_of "$SNAP_IMAGES" "$(devno $EXT)")
+	IMG_RAW=$(image_of "$SNAP_IMAGES" "$(devno $RAW)")
 	wait_for "$IMG_EXT" 5 && wait_for "$IMG_RAW" 5
 }
 # Random writes on both devices (and some file churn on ext4) into the logs
@@ -307,10 +290,5 @@ case_fn "chain.json: $((CYCLES + 1)) backups per device; snap_number 1 of the ne
 
 umount $MNT
 blksnap_clear
-out=$(rmmod blksnap 2>&1) && rc=0 || rc=$?
-if [ "$rc" = 0 ] && ! blksnap_loaded; then
-	ktap_ok "the module unloads after the backup tests"
-else
-	ktap_fail "the module unloads after the backup tests" "rmmod: exit $rc: $out"
-fi
+unload_case "the module unloads after the backup tests"
 ktap_finish

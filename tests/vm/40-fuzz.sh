@@ -25,21 +25,8 @@ UNPRIV_CALLS=$(((CALLS / 20) < 2000 ? 2000 : CALLS / 20))
 
 ktap_plan 10
 
-if [ ! -f "$BLKSNAP_KO" ] || [ ! -x "$FUZZ" ]; then
-	ktap_diag "$BLKSNAP_KO or $FUZZ is missing (build the module and the workspace)"
-	ktap_fail_rest "not built"
-	ktap_finish
-fi
-cbt_setup_exit_trap
-blksnap_unload
-setup_bad=
-brd_setup 3 16384 || setup_bad="brd: cannot load 3 ramdisks"
-[ -n "$setup_bad" ] || blksnap_load || setup_bad="insmod $BLKSNAP_KO failed"
-if [ -n "$setup_bad" ]; then
-	ktap_diag "$setup_bad"
-	ktap_fail_rest "setup failed"
-	ktap_finish
-fi
+cbt_start "$FUZZ"
+ram_setup 3 16384
 
 # kmemleak: forget what was there before (boot-time objects).
 kmemleak_clear
@@ -139,12 +126,7 @@ else
 fi
 
 # ---- 8. unload
-out=$(rmmod blksnap 2>&1) && rc=0 || rc=$?
-if [ "$rc" = 0 ] && ! blksnap_loaded; then
-	ktap_ok "the module unloads after the fuzz"
-else
-	ktap_fail "the module unloads after the fuzz" "rmmod: exit $rc: $out"
-fi
+unload_case "the module unloads after the fuzz"
 
 # ---- 9. nothing left behind in /dev after unload
 if [ ! -e "$BLKSNAP_DEV" ] && [ -z "$(find /dev -maxdepth 1 -name 'blksnap-image*')" ]; then

@@ -24,7 +24,7 @@
 # Then a healthy snapshot (exact stamp check), rmmod, and a kmemleak scan
 # that must find nothing.
 # shellcheck source-path=SCRIPTDIR disable=SC2015 # "test && test || fail" is meant
-source "$(dirname "$0")/../cbt-lib.sh"
+source "$(dirname "$0")/../cow-lib.sh"
 require_vm
 
 DBG=/sys/kernel/debug
@@ -37,35 +37,21 @@ if [ ! -d $FMR ] || [ ! -d $FSL ]; then
 	exit 4
 fi
 
-# Like case_fn, and shows how long the case took and the summary lines of a
-# stamp check; when it failed, its first FAIL lines and the end of its output.
+# stamp_case, showing the summary lines of a fault run, and how many fault
+# messages the kernel logged meanwhile.
+CASE_SUMMARY='writers done|faults:|event: code=1|events after|settled|ENOMEM|total:|image I/O fails'
+CASE_SUMMARY_LINES=14
 tcase() {
-	local desc=$1 out rc sum t=$SECONDS mark
-	shift
+	local mark
 	mark=$(kmsg_mark)
-	out=$("$@" 2>&1) && rc=0 || rc=$?
-	if [ "$rc" = 0 ]; then
-		ktap_ok "$desc"
-		sum=$(grep -E 'writers done|faults:|event: code=1|events after|settled|ENOMEM|total:|image I/O fails' <<<"$out" |
-			sed -E 's/^\[ *[0-9.]+\] //' | head -n 14)
-		[ -z "$sum" ] || ktap_diag "$sum"
-	else
-		sum=$(grep -m 15 'FAIL' <<<"$out")
-		ktap_fail "$desc" ${sum:+"$sum" "..."} "$(tail -n 25 <<<"$out")"
-	fi
-	ktap_diag "($((SECONDS - t)) s; $(kmsg_since "$mark" | grep -c 'FAULT_INJECTION: forcing a failure')" \
+	stamp_case "$@"
+	ktap_diag "($(kmsg_since "$mark" | grep -c 'FAULT_INJECTION: forcing a failure')" \
 		"fault messages in the kernel log, rate-limited)"
 }
 
 ktap_plan 9
 
-if [ ! -f "$BLKSNAP_KO" ]; then
-	ktap_diag "$BLKSNAP_KO is missing (the module did not build)"
-	ktap_fail_rest "no blksnap.ko"
-	ktap_finish
-fi
-cbt_setup_exit_trap
-blksnap_unload
+cbt_start
 
 # Every fault off (also at exit, whatever happens).
 faults_off() {
@@ -85,19 +71,10 @@ echo 0 >$FSL/space
 echo 1 >$FSL/verbose
 faults_off
 
-setup_bad=
-brd_setup 4 16384 || setup_bad="brd: cannot load 4 ramdisks"
 # 4 KiB chunks: nearly every write copies a new chunk, so copy-on-write is
 # going on whenever a fault window opens.
-[ -n "$setup_bad" ] || blksnap_load chunk_minimum_shift=12 || setup_bad="insmod $BLKSNAP_KO failed"
-if [ -n "$setup_bad" ]; then
-	ktap_diag "$setup_bad"
-	ktap_fail_rest "setup failed"
-	ktap_finish
-fi
+ram_setup 4 16384 chunk_minimum_shift=12
 
-STAMP=("${PYTHON_FAST[@]}" "$TESTS_DIR/tools/stamp.py")
-stamp() { "${STAMP[@]}" "$@"; }
 RUN=(--dev /dev/ram0 --storage /dev/ram1:0:32768 --overflow --writers 3 --writes 100000
 	--seconds 15 --image-writes 20)
 
@@ -199,12 +176,7 @@ tcase "after the faults a new snapshot is healthy: image = TAKE data, storage sl
 	--image-writes 20 --check-storage --events --seed 56
 
 blksnap_clear
-out=$(rmmod blksnap 2>&1) && rc=0 || rc=$?
-if [ "$rc" = 0 ] && ! blksnap_loaded; then
-	ktap_ok "the module unloads after the faults"
-else
-	ktap_fail "the module unloads after the faults" "rmmod: exit $rc: $out"
-fi
+unload_case "the module unloads after the faults"
 
 kmemleak_case "kmemleak finds no leak after the unload"
 ktap_finish

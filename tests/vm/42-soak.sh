@@ -18,7 +18,7 @@
 # At the end: no corrupted event came, the original file system is clean,
 # the module unloads, and kmemleak (debug kernel) finds no leak.
 # shellcheck source-path=SCRIPTDIR disable=SC2015 # "test && test || fail" is meant
-source "$(dirname "$0")/../cbt-lib.sh"
+source "$(dirname "$0")/../cow-lib.sh"
 require_vm
 
 DURATION=${BLKSNAP_SOAK_SECONDS:-120}
@@ -29,19 +29,10 @@ MNT=/mnt/soak
 IMG_MNT=/mnt/soak-image
 W=/tmp/soak
 CLI=$BLKSNAP_CLI
-STAMP=("${PYTHON_FAST[@]}" "$TESTS_DIR/tools/stamp.py")
 
 ktap_plan 7
 
-for f in "$BLKSNAP_KO" "$CLI"; do
-	if [ ! -f "$f" ]; then
-		ktap_diag "$f is missing (not built)"
-		ktap_fail_rest "not built"
-		ktap_finish
-	fi
-done
-cbt_setup_exit_trap
-blksnap_unload
+cbt_start "$CLI"
 rm -rf $W && mkdir -p $W $MNT $IMG_MNT
 at_exit "rm -rf $W"
 
@@ -89,7 +80,7 @@ stamp_loop() {
 	local k=0 ok=0 bad=0 rc
 	while [ ! -e $W/stop ]; do
 		k=$((k + 1))
-		"${STAMP[@]}" run --dev "$SORIG" --storage /dev/ram3:0:8192 \
+		stamp run --dev "$SORIG" --storage /dev/ram3:0:8192 \
 			--grow "/dev/ram3:8192:$((RAM_MIB * 2048 - 8192)):8192" --no-storage-fill \
 			--writers 2 --writes 1000 --seconds 10 --image-writes 10 --discard --zeroout \
 			--seed $((1000 + k)) >$W/stamp-run.log 2>&1 && rc=0 || rc=$?
@@ -238,11 +229,6 @@ else
 fi
 
 blksnap_clear
-out=$(rmmod blksnap 2>&1) && rc=0 || rc=$?
-if [ "$rc" = 0 ] && ! blksnap_loaded; then
-	ktap_ok "the module unloads after the soak"
-else
-	ktap_fail "the module unloads after the soak" "rmmod: exit $rc: $out"
-fi
+unload_case "the module unloads after the soak"
 kmemleak_case "kmemleak finds no leak after the soak and unload"
 ktap_finish

@@ -15,7 +15,7 @@
 # may hang; the module must unload at the end with no kernel report.
 # BLKSNAP_RACE_ROUNDS (default 8) scales the number of rounds of each race.
 # shellcheck source-path=SCRIPTDIR disable=SC2015,SC2119 # "test && test || fail" is meant
-source "$(dirname "$0")/../cbt-lib.sh"
+source "$(dirname "$0")/../cow-lib.sh"
 require_vm
 
 R=${BLKSNAP_RACE_ROUNDS:-8}
@@ -27,54 +27,24 @@ R4=$((3 * R))                  # TRACKER_REMOVE vs I/O
 R5=$R                          # rmmod vs I/O (a module unload and load each)
 PARAMS=(chunk_minimum_shift=15) # 32 KiB chunks: 128 on each 4 MiB ramdisk
 
-# Like case_fn, and shows how long the case took and, when it passed, the
-# summary lines of the tool; when it failed, its first FAIL lines and the
-# end of its output.
-tcase() {
-	local desc=$1 out rc sum t=$SECONDS
-	shift
-	out=$("$@" 2>&1) && rc=0 || rc=$?
-	if [ "$rc" = 0 ]; then
-		ktap_ok "$desc"
-		sum=$(grep -E 'destroy-cow:|read-vs-cow:|remove-io:|rmmod-io:|take-multi:|^run [0-9]+: point in time' <<<"$out" |
-			sed -E 's/^\[ *[0-9.]+\] //' | head -n 8)
-		[ -z "$sum" ] || ktap_diag "$sum"
-	else
-		sum=$(grep -m 15 'FAIL' <<<"$out")
-		ktap_fail "$desc" ${sum:+"$sum" "..."} "$(tail -n 30 <<<"$out")"
-	fi
-	ktap_diag "($((SECONDS - t)) s)"
-}
+# What stamp_case shows of a passing case: the summary lines of the tools.
+CASE_SUMMARY='destroy-cow:|read-vs-cow:|remove-io:|rmmod-io:|take-multi:|^run [0-9]+: point in time'
+CASE_TAIL=30
 
 ktap_plan 8
 
-if [ ! -f "$BLKSNAP_KO" ]; then
-	ktap_diag "$BLKSNAP_KO is missing (the module did not build)"
-	ktap_fail_rest "no blksnap.ko"
-	ktap_finish
-fi
-cbt_setup_exit_trap
-blksnap_unload
+cbt_start
 RD_KIB=4096 # 8192 sectors each
-setup_bad=
-brd_setup 6 $RD_KIB || setup_bad="brd: cannot load 6 ramdisks"
-[ -n "$setup_bad" ] || blksnap_load "${PARAMS[@]}" || setup_bad="insmod $BLKSNAP_KO failed"
-if [ -n "$setup_bad" ]; then
-	ktap_diag "$setup_bad"
-	ktap_fail_rest "setup failed"
-	ktap_finish
-fi
+ram_setup 6 $RD_KIB "${PARAMS[@]}"
 ktap_diag "rounds: $R1 DESTROY, $R2 TAKE, $R3 image-read, $R4 TRACKER_REMOVE, $R5 rmmod (BLKSNAP_RACE_ROUNDS=$R)"
 MARK=$(kmsg_mark)
 
-PY=("${PYTHON_FAST[@]}")
-race() { "${PY[@]}" "$TESTS_DIR/tools/race.py" "$@"; }
-stamp() { "${PY[@]}" "$TESTS_DIR/tools/stamp.py" "$@"; }
+race() { "${PYTHON_FAST[@]}" "$TESTS_DIR/tools/race.py" "$@"; }
 # Storage for every chunk of three ramdisks.
 STORAGE=(--storage /dev/ram3:0:8192 --storage /dev/ram4:0:8192 --storage /dev/ram5:0:8192)
 
 # ---- 1. DESTROY while copy-on-write is in flight
-tcase "DESTROY during first writes to every chunk ($R1 rounds): returns 0, writes finish, originals exact" \
+stamp_case "DESTROY during first writes to every chunk ($R1 rounds): returns 0, writes finish, originals exact" \
 	race destroy-cow --dev /dev/ram0 --dev /dev/ram1 "${STORAGE[@]}" --writers 4 \
 	--rounds "$R1" --seed 1
 
@@ -95,20 +65,20 @@ take_multi() {
 	echo "take-multi: $i of $R2 runs checked, $flight writes in flight at TAKE in all"
 	return $rc
 }
-tcase "TAKE of three ramdisks while all are written ($R2 runs): each image one point in time" take_multi
+stamp_case "TAKE of three ramdisks while all are written ($R2 runs): each image one point in time" take_multi
 
 # ---- 3. image reads vs first writes of the same chunk
-tcase "image reads racing first writes of the same chunks ($R3 rounds): TAKE data, originals newest" \
+stamp_case "image reads racing first writes of the same chunks ($R3 rounds): TAKE data, originals newest" \
 	race read-vs-cow --dev /dev/ram0 --dev /dev/ram1 "${STORAGE[@]}" --pairs 3 \
 	--rounds "$R3" --seed 3
 
 # ---- 4. TRACKER_REMOVE vs I/O
-tcase "TRACKER_REMOVE while the device is written ($R4 rounds): writes intact, CREATE re-adds tracking" \
+stamp_case "TRACKER_REMOVE while the device is written ($R4 rounds): writes intact, CREATE re-adds tracking" \
 	race remove-io --dev /dev/ram2 --storage /dev/ram3:0:8192 --writers 3 \
 	--rounds "$R4" --seed 4
 
 # ---- 5. rmmod vs I/O
-tcase "rmmod during writes to a taken snapshot ($R5 rounds): ok or EBUSY, writes never lost" \
+stamp_case "rmmod during writes to a taken snapshot ($R5 rounds): ok or EBUSY, writes never lost" \
 	race rmmod-io --dev /dev/ram0 --dev /dev/ram1 "${STORAGE[@]}" --writers 4 \
 	--ko "$BLKSNAP_KO" "${PARAMS[@]/#/--param=}" --rounds "$R5" --seed 5
 
@@ -134,10 +104,5 @@ reports() {
 case_fn "no kernel report (BUG, WARNING, KASAN, lockdep, hung task) during the races" reports
 
 blksnap_clear
-out=$(rmmod blksnap 2>&1) && rc=0 || rc=$?
-if [ "$rc" = 0 ] && ! blksnap_loaded; then
-	ktap_ok "the module unloads after the races"
-else
-	ktap_fail "the module unloads after the races" "rmmod: exit $rc: $out"
-fi
+unload_case "the module unloads after the races"
 ktap_finish
