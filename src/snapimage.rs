@@ -160,14 +160,14 @@ image_disk!(Image);
 /// to the device holding their data when that needs no waiting, everything
 /// else to the worker.
 fn submit(image: ArcBorrow<'_, Image>, bio: Bio) {
-    let Some(bio) = image.area.read_fast(bio) else {
+    let Some(bio) = DiffArea::read_fast(image.area.as_arc_borrow(), bio) else {
         return;
     };
     // From here a bio is served one chunk at a time: one that goes on past
     // its first chunk keeps that part, and the rest comes back later.
     let bio = match image.area.first_chunk_part(&bio) {
         Some(part) => match bio.split_front(part) {
-            Ok(front) => match image.area.read_fast(front) {
+            Ok(front) => match DiffArea::read_fast(image.area.as_arc_borrow(), front) {
                 Some(front) => front,
                 None => return,
             },

@@ -23,9 +23,10 @@ use crate::sys::compat::prelude::*;
 use crate::{
     chunk_geometry::ReadTag,
     storage::Slot,
-    sys::bio::{Bio, RedirectDone},
+    sys::bio::{Bio, RedirectDone, Via},
 };
 use core::sync::atomic::Ordering;
+use kernel::sync::ArcBorrow;
 
 /// The bit of [`DiffArea::inflight`] that says [`DiffArea::wait_reads`]
 /// waits for the count to drop to zero.
@@ -128,18 +129,18 @@ impl DiffArea {
     /// or must be served chunk by chunk: a write, a chunk being copied,
     /// chunks of both kinds, a failed allocation, or an error to report.
     /// Does not sleep.
-    pub(crate) fn read_fast(&self, bio: Bio) -> Option<Bio> {
-        if bio.is_write() || !self.usable() {
+    pub(crate) fn read_fast(this: ArcBorrow<'_, Self>, bio: Bio) -> Option<Bio> {
+        if bio.is_write() || !this.usable() {
             return Some(bio);
         }
         let sectors = bio.info().range();
         let sector = sectors.start;
-        let range = self.geometry.range(sectors);
+        let range = this.geometry.range(sectors);
         let Some(tag) = ReadTag::new(range.clone()) else {
             return Some(bio);
         };
-        let cs = self.geometry.chunk_sectors();
-        let decided = self.with_chunks(GFP_NOWAIT, |chunks, nodes| {
+        let cs = this.geometry.chunk_sectors();
+        let decided = this.with_chunks(GFP_NOWAIT, |chunks, nodes| {
             // Where the first chunk's data is; every other chunk must agree.
             let mut first: Option<State> = None;
             for c in range.clone() {
@@ -188,7 +189,7 @@ impl DiffArea {
         };
         let (storage, target, counted) = match source {
             Source::Stored(slot) => {
-                let Ok(storage) = self.storage.device(slot.dev) else {
+                let Ok(storage) = this.storage.device(slot.dev) else {
                     return Some(bio);
                 };
                 let offset = sector - range.start * cs;
@@ -196,17 +197,17 @@ impl DiffArea {
             }
             Source::Original => (None, sector, true),
         };
-        let bdev = storage.as_deref().unwrap_or(self.tracker.bdev());
-        self.inflight.fetch_add(1, Ordering::AcqRel);
+        let via = match storage {
+            Some(storage) => Via::Device(storage),
+            None => Via::Own(|area: &Self| area.tracker.bdev()),
+        };
+        this.inflight.fetch_add(1, Ordering::AcqRel);
         let tag = tag.counted(counted).into_raw();
-        // SAFETY: `self` and `bdev` (a storage device of `self.storage`, or
-        // the original) outlive the read: `wait_reads` waits for `inflight`
-        // to drop to zero before the image lets go of its area.
-        match unsafe { bio.redirect(bdev, target, self, tag) } {
+        match bio.redirect(this, via, target, tag) {
             Ok(()) => None,
             Err(bio) => {
                 // Not sent: undo the counting; the worker serves it.
-                let _ = self.read_done(tag, Ok(()));
+                let _ = this.read_done(tag, Ok(()));
                 Some(bio)
             }
         }
@@ -238,7 +239,8 @@ impl DiffArea {
                     (n & DRAINING == 0).then(|| n.saturating_sub(1))
                 });
             if dropped.is_ok() {
-                // The last touch of `self`: `wait_reads` may free it now.
+                // `wait_reads` may return now; the read's own reference
+                // keeps `self` until its completion is over.
                 return result;
             }
         }
@@ -256,14 +258,14 @@ impl DiffArea {
         if wake || left == DRAINING {
             self.changed.notify_all();
         }
-        // The last touch of `self`: `wait_reads` may free it once the lock
-        // is released.
+        // `wait_reads` may return once the lock is released.
         drop(chunks);
         result
     }
 
     /// Waits until every read sent on by [`DiffArea::read_fast`] has
-    /// completed. The image disk is gone, so no new one starts.
+    /// completed. The image disk is gone, so no new one starts: once the
+    /// image is gone, none of its reads is in flight (the module may unload).
     pub(crate) fn wait_reads(&self) {
         let mut chunks = self.chunks.lock();
         self.inflight.fetch_or(DRAINING, Ordering::AcqRel);

@@ -4,9 +4,15 @@
 //!
 //! Locking: none; a snapshot of the bio's fields at submission.
 
-use super::{bdev::DevNum, bindings};
+use super::{
+    bdev::{BlockDevice, DevNum},
+    bindings,
+};
 use core::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
-use kernel::types::Opaque;
+use kernel::{
+    sync::{Arc, ArcBorrow},
+    types::Opaque,
+};
 
 /// The operation of a bio, as far as change tracking cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,46 +219,63 @@ impl Bio {
 }
 
 /// What the completion of a bio sent on by [`Bio::redirect`] reports to.
-pub(crate) trait RedirectDone: Sync {
+pub(crate) trait RedirectDone: Send + Sync {
     /// The result the original bio ends with, given its clone's `result`
     /// and the `tag` given to [`Bio::redirect`]. Called in any context,
     /// interrupts included: must not sleep.
     fn redirect_done(&self, tag: u64, result: kernel::error::Result) -> kernel::error::Result;
 }
 
+/// The device [`Bio::redirect`] sends a bio to, kept open until the read
+/// completes.
+pub(crate) enum Via<T> {
+    /// A device the read holds a reference to.
+    Device(Arc<BlockDevice>),
+    /// One of the target's own devices, which the target (held by the
+    /// read) keeps open.
+    Own(fn(&T) -> &BlockDevice),
+}
+
 impl Bio {
-    /// Sends the bio's I/O to `bdev` at `sector` through a clone sharing
-    /// its pages, without waiting and without sleeping. When the clone
-    /// completes (in any context), `to`'s [`RedirectDone::redirect_done`]
-    /// turns its result into the bio's, and the bio ends. Gives the bio
-    /// back if no clone was to be had without sleeping.
-    ///
-    /// # Safety
-    ///
-    /// `bdev` and `to` stay valid until the completion has run.
-    pub(crate) unsafe fn redirect<T: RedirectDone>(
+    /// Sends the bio's I/O to the device `via` names, at `sector`, through
+    /// a clone sharing its pages, without waiting and without sleeping.
+    /// The clone holds a reference to `to` (and to the device, for
+    /// [`Via::Device`]) until it completes; then, in any context, `to`'s
+    /// [`RedirectDone::redirect_done`] turns its result into the bio's, the
+    /// references go, and the bio ends. Gives the bio back if no clone was
+    /// to be had without sleeping.
+    pub(crate) fn redirect<T: RedirectDone>(
         self,
-        bdev: &super::bdev::BlockDevice,
+        to: ArcBorrow<'_, T>,
+        via: Via<T>,
         sector: u64,
-        to: &T,
         tag: u64,
     ) -> core::result::Result<(), Bio> {
-        let ctx: *const T = to;
-        // SAFETY: we hold the bio and the device is open; `to` outlives the
-        // completion (the caller's guarantee), which gets it back as `ctx`
-        // in `redirect_done_of::<T>`. On success the clone's completion
-        // ends the bio, so we let go of it.
+        let to: Arc<T> = to.into();
+        let (bdev, dev) = match via {
+            Via::Device(d) => (d.raw(), Arc::into_raw(d)),
+            Via::Own(own) => (own(&to).raw(), core::ptr::null()),
+        };
+        let ctx = Arc::into_raw(to);
+        // SAFETY: we hold the bio; the device is open for as long as the
+        // clone: a `Via::Device` is held by the reference in `dev`, a
+        // `Via::Own` by `to`, held in `ctx` (the shim gives both back to
+        // `redirect_done_of::<T>`, which releases them). On success the
+        // clone's completion ends the bio, so we let go of it.
         let ret = unsafe {
             bindings::blksnap_bio_redirect(
                 self.0.as_ptr(),
-                bdev.raw(),
+                bdev,
                 sector,
                 Some(redirect_done_of::<T>),
                 ctx.cast(),
+                dev.cast(),
                 tag,
             )
         };
         if ret != 0 {
+            // SAFETY: not sent: the references are ours again.
+            unsafe { release::<T>(ctx, dev) };
             return Err(self);
         }
         core::mem::forget(self);
@@ -260,15 +283,31 @@ impl Bio {
     }
 }
 
+/// Drops the references [`Bio::redirect`] made of `ctx` and `dev`.
+///
+/// # Safety
+///
+/// `ctx` came from `Arc::<T>::into_raw`, `dev` from
+/// `Arc::<BlockDevice>::into_raw` or is null, and neither is used again.
+unsafe fn release<T>(ctx: *const T, dev: *const BlockDevice) {
+    if !dev.is_null() {
+        // SAFETY: from `Arc::into_raw` (the function's requirements).
+        drop(unsafe { Arc::from_raw(dev) });
+    }
+    // SAFETY: as above.
+    drop(unsafe { Arc::from_raw(ctx) });
+}
+
 /// The shim's completion of a clone sent on by [`Bio::redirect`] for a `T`:
 /// the errno (or 0) the original bio ends with.
 ///
 /// # Safety
 ///
-/// `ctx` and `tag` are those [`Bio::redirect`] gave the shim: `ctx` points
-/// at a live `T`.
+/// `ctx`, `dev` and `tag` are those [`Bio::redirect`] gave the shim, which
+/// hands them over once.
 unsafe extern "C" fn redirect_done_of<T: RedirectDone>(
     ctx: *const core::ffi::c_void,
+    dev: *const core::ffi::c_void,
     tag: u64,
     err: core::ffi::c_int,
 ) -> core::ffi::c_int {
@@ -277,9 +316,13 @@ unsafe extern "C" fn redirect_done_of<T: RedirectDone>(
     } else {
         Err(kernel::error::Error::from_errno(err))
     };
-    // SAFETY: `ctx` points at a live `T` (the caller's guarantee).
-    let to = unsafe { &*ctx.cast::<T>() };
-    match to.redirect_done(tag, result) {
+    let ctx = ctx.cast::<T>();
+    // SAFETY: `ctx` is a reference to a `T` the clone held (the function's
+    // requirements), released below.
+    let result = unsafe { &*ctx }.redirect_done(tag, result);
+    // SAFETY: the clone's references, handed over once.
+    unsafe { release::<T>(ctx, dev.cast()) };
+    match result {
         Ok(()) => 0,
         Err(e) => e.to_errno(),
     }

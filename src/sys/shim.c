@@ -256,6 +256,7 @@ static struct bio_set blksnap_bio_set;
 struct blksnap_redirect {
 	blksnap_redirect_done_fn done;
 	const void *ctx;
+	const void *dev;
 	u64 tag;
 	struct bio *orig;
 	struct bio clone; /* last: the bio set's front pad ends here */
@@ -344,16 +345,20 @@ static void blksnap_redirect_endio(struct bio *clone)
 {
 	struct blksnap_redirect *r =
 		container_of(clone, struct blksnap_redirect, clone);
+	blksnap_redirect_done_fn done = r->done;
+	const void *ctx = r->ctx, *dev = r->dev;
 	struct bio *orig = r->orig;
-	int err = r->done(r->ctx, r->tag, blk_status_to_errno(clone->bi_status));
+	u64 tag = r->tag;
+	int err = blk_status_to_errno(clone->bi_status);
 
+	/* The clone (and its front pad) goes first; done owns ctx and dev. */
 	bio_put(clone);
-	blksnap_bio_end(orig, err);
+	blksnap_bio_end(orig, done(ctx, dev, tag, err));
 }
 
 int blksnap_bio_redirect(struct bio *orig, struct block_device *bdev,
 			 u64 sector, blksnap_redirect_done_fn done,
-			 const void *ctx, u64 tag)
+			 const void *ctx, const void *dev, u64 tag)
 {
 	struct bio *clone = bio_alloc_clone(bdev, orig, GFP_NOWAIT,
 					    &blksnap_redirect_set);
@@ -364,6 +369,7 @@ int blksnap_bio_redirect(struct bio *orig, struct block_device *bdev,
 	r = container_of(clone, struct blksnap_redirect, clone);
 	r->done = done;
 	r->ctx = ctx;
+	r->dev = dev;
 	r->tag = tag;
 	r->orig = orig;
 	clone->bi_iter.bi_sector = sector;

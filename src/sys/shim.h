@@ -86,16 +86,18 @@ void blksnap_bio_submit_endio(struct bio *bio, bio_end_io_t *end_io,
 			      void *private);
 struct completion;
 void blksnap_completion_init(struct completion *c);
-/* What a redirected bio's completion calls: the errno (or 0) the original
- * bio ends with, given ctx, tag and the clone's errno. */
-typedef int (*blksnap_redirect_done_fn)(const void *ctx, u64 tag, int err);
+/* What a redirected bio's completion calls, after the clone is put: the
+ * errno (or 0) the original bio ends with, given ctx, dev, tag and the
+ * clone's errno. It owns ctx and dev from then on. */
+typedef int (*blksnap_redirect_done_fn)(const void *ctx, const void *dev,
+					u64 tag, int err);
 /* Sends orig's I/O to bdev at sector through a clone, without waiting (it
  * does not sleep); on completion orig ends with the errno that done (Rust)
  * makes of the clone's. -ENOMEM if there is no clone to be had without
  * sleeping. */
 int blksnap_bio_redirect(struct bio *orig, struct block_device *bdev,
 			 u64 sector, blksnap_redirect_done_fn done,
-			 const void *ctx, u64 tag);
+			 const void *ctx, const void *dev, u64 tag);
 
 /* Whether a message user space caused may be logged now (rate limit). */
 bool blksnap_log_allowed(void);
