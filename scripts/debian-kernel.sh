@@ -113,7 +113,7 @@ make_root() {
 # (/var/lib/blksnap-rs/kernels) it fills.
 prepare_tree() {
 	install_prepare_script
-	log "debian: regenerating the kernel's Rust metadata (modules_prepare, about 5 minutes)"
+	log "debian: preparing the kernel for Rust modules (modules_prepare: about 5 minutes unless done before)"
 	in_root "$PREPARE" "$DEB_RELEASE" >"$dir/prepare.log" 2>&1 ||
 		{ tail -n 30 "$dir/prepare.log" >&2; die "preparing the kernel failed (log: $dir/prepare.log)"; }
 	touch "$dir/.kernel-prepared"
