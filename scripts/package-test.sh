@@ -7,7 +7,8 @@
 #   1. scripts/package.sh --lintian builds blksnap-rs-dkms and blksnap-tools;
 #      lintian reports no error;
 #   2. in a copy-on-write view (overlayfs) of the Debian 13 root of
-#      scripts/debian-kernel.sh, with DKMS set to sign with a throwaway key
+#      scripts/debian-kernel.sh, with Debian's 7.3 kernel installed (its
+#      image packages) and DKMS set to sign with a throwaway key
 #      (mok_signing_key/mok_certificate in /etc/dkms/framework.conf.d):
 #      `apt-get install ./blksnap-rs-dkms_*.deb ./blksnap-tools_*.deb`; DKMS
 #      builds and installs the module for Debian's kernel (the preparation
@@ -137,6 +138,9 @@ install_packages() {
 		-outform DER -out "$view/root/mok/signing.der" 2>&1 || return 1
 	printf 'mok_signing_key=/root/mok/signing.key\nmok_certificate=/root/mok/signing.der\n' \
 		>"$view/etc/dkms/framework.conf.d/blksnap-test.conf"
+	# The kernel itself, as on a machine that runs it (DKMS's depmod needs
+	# its modules.dep): the image packages debian-kernel.sh downloaded.
+	in_view sh -c 'dpkg -i /build/debs/*.deb' || return 1
 	for d in "${debs[@]}"; do cp "$d" "$view/tmp/debs/"; done
 	in_view sh -c 'apt-get install -y --no-install-recommends /tmp/debs/*.deb' ||
 		{ in_view apt-get update -qq && in_view sh -c 'apt-get install -y --no-install-recommends /tmp/debs/*.deb'; } ||

@@ -46,16 +46,22 @@ val() { sed -n "s/^$1=//p" <<<"$2" | head -n1; }
 # ---- the module from the package
 load_ok() {
 	local file
-	r modprobe blksnap || return 1
+	if ! r modprobe blksnap; then
+		ls -l "$R/lib/modules/$REL/updates/dkms"
+		grep blksnap "$R/lib/modules/$REL/modules.dep"
+		return 1
+	fi
 	file=$(r modinfo -F filename blksnap)
 	echo "filename: $file; signer: $(r modinfo -F signer blksnap)"
 	[[ $file == /lib/modules/$REL/updates/dkms/blksnap.ko* ]] && [ -c /dev/blksnap ] && blksnap_loaded
 }
+# Runs a case's function; its output as diagnostics, with its time.
 case_fn() {
-	local desc=$1 out rc
+	local desc=$1 out rc t0=$SECONDS
 	shift
 	out=$("$@" 2>&1) && rc=0 || rc=$?
 	[ -z "$out" ] || ktap_diag "$out"
+	ktap_diag "$1: $((SECONDS - t0))s"
 	ktap_result "$rc" "$desc"
 }
 case_fn "modprobe blksnap loads the module DKMS installed under updates/dkms for $REL" load_ok
