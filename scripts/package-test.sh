@@ -21,7 +21,10 @@
 #      packaged CLI's snapshot and full and incremental backups, removal of
 #      the DKMS package while a snapshot is held (the module stays loaded
 #      and in use), and removal of both packages with no file of theirs
-#      left.
+#      left;
+#   4. back in the view: with a rustc other than the kernel's (RUSTC), the
+#      installation stops with an error that names it, and installs no
+#      module.
 #
 # The view is thrown away at the end: the root is left as it was. Packages
 # apt downloads (dkms and its dependencies) are kept for the next run.
@@ -42,7 +45,7 @@ set +e
 
 logs=$BLKSNAP_ROOT/target/test-logs
 mkdir -p "$logs"
-PLAN=5
+PLAN=6
 n=0 pass=0 fail=0 skip=0
 ok() { n=$((n + 1)) pass=$((pass + 1)); echo "ok $n $1"; }
 not_ok() {
@@ -130,15 +133,9 @@ mount_view() {
 mount_view || { not_ok "a view of the Debian root" "cannot mount /proc, /dev, /sys in $view"; finish; }
 
 key_cn="blksnap-rs package test key $$"
+install_cmd='apt-get install -y --no-install-recommends /tmp/debs/*.deb'
 install_packages() {
 	local d
-	# The throwaway signing key, as an administrator would configure it.
-	mkdir -p "$view/root/mok" "$view/etc/dkms/framework.conf.d" "$view/tmp/debs"
-	openssl req -new -x509 -nodes -days 2 -subj "/CN=$key_cn/" -newkey rsa:2048 \
-		-keyout "$view/root/mok/signing.key" -addext extendedKeyUsage=codeSigning \
-		-outform DER -out "$view/root/mok/signing.der" 2>&1 || return 1
-	printf 'mok_signing_key=/root/mok/signing.key\nmok_certificate=/root/mok/signing.der\n' \
-		>"$view/etc/dkms/framework.conf.d/blksnap-test.conf"
 	# The kernel itself, as on a machine that runs it (DKMS runs depmod only
 	# for a kernel with a modules.dep): its image packages, which
 	# debian-kernel.sh downloaded, less the one with its 4,000 modules, which
@@ -146,9 +143,17 @@ install_packages() {
 	# over which every depmod would take minutes under the emulated CPU.
 	in_view sh -c 'dpkg -i /build/debs/linux-base-*.deb /build/debs/linux-binary-*.deb' &&
 		in_view depmod -a "$release" || return 1
+	mkdir -p "$view/tmp/debs"
 	for d in "${debs[@]}"; do cp "$d" "$view/tmp/debs/"; done
-	in_view sh -c 'apt-get install -y --no-install-recommends /tmp/debs/*.deb' ||
-		{ in_view apt-get update -qq && in_view sh -c 'apt-get install -y --no-install-recommends /tmp/debs/*.deb'; } ||
+	# The throwaway signing key, as an administrator would configure it.
+	mkdir -p "$view/root/mok" "$view/etc/dkms/framework.conf.d"
+	openssl req -new -x509 -nodes -days 2 -subj "/CN=$key_cn/" -newkey rsa:2048 \
+		-keyout "$view/root/mok/signing.key" -addext extendedKeyUsage=codeSigning \
+		-outform DER -out "$view/root/mok/signing.der" 2>&1 || return 1
+	printf 'mok_signing_key=/root/mok/signing.key\nmok_certificate=/root/mok/signing.der\n' \
+		>"$view/etc/dkms/framework.conf.d/blksnap-test.conf"
+	# (apt's package lists may be old: fetched again if that fails.)
+	in_view sh -c "$install_cmd" || { in_view apt-get update -qq && in_view sh -c "$install_cmd"; } ||
 		return 1
 	echo "---- dkms status"
 	in_view dkms status
@@ -228,6 +233,22 @@ else
 	tail -n 15 "$logs/package-vm.log" | sed 's/^/# /'
 	echo "not ok $n $desc"
 fi
+
+# 4: after the removal, with a rustc other than the kernel's, the
+# installation stops with an error that says so, and installs no module.
+wrong_rustc() {
+	local out
+	mount_view || return 1
+	printf '#!/bin/sh\necho "rustc 1.96.0 (000000000 2026-05-28)"\n' >"$view/tmp/rustc-1.96"
+	chmod 755 "$view/tmp/rustc-1.96"
+	out=$(in_view env RUSTC=/tmp/rustc-1.96 sh -c "$install_cmd" 2>&1)
+	echo "$out"
+	grep -q "was built with rustc 1.85.1, but /tmp/rustc-1.96 is rustc 1.96.0: a Rust module must be built with the kernel's exact rustc" <<<"$out" ||
+		{ echo "---- no error naming the rustc"; return 1; }
+	! ls "$view/lib/modules/$release/updates/dkms/blksnap.ko"* 2>/dev/null || { echo "---- a module was installed"; return 1; }
+}
+step "with a rustc other than the kernel's, apt-get install stops, names it, installs no module" wrong_rustc \
+	wrong_rustc && grep -m1 'blksnap-prepare-kernel: error' "$logs/package-wrong_rustc.log" | sed 's/^/# /'
 
 umount -R "$view"
 rm -rf "$t"
