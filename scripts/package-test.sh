@@ -250,6 +250,7 @@ wrong_rustc() {
 step "with a rustc other than the kernel's, apt-get install stops, names it, installs no module" wrong_rustc \
 	wrong_rustc && grep -m1 'blksnap-prepare-kernel: error' "$logs/package-wrong_rustc.log" | sed 's/^/# /'
 
-umount -R "$view"
+# (lazily: a /dev submount may still be busy for a moment)
+umount -R -l "$view"
 rm -rf "$t"
 finish
