@@ -147,9 +147,9 @@ install_packages() {
 	for d in "${debs[@]}"; do cp "$d" "$view/tmp/debs/"; done
 	# The throwaway signing key, as an administrator would configure it.
 	mkdir -p "$view/root/mok" "$view/etc/dkms/framework.conf.d"
-	openssl req -new -x509 -nodes -days 2 -subj "/CN=$key_cn/" -newkey rsa:2048 \
-		-keyout "$view/root/mok/signing.key" -addext extendedKeyUsage=codeSigning \
-		-outform DER -out "$view/root/mok/signing.der" 2>&1 || return 1
+	in_view openssl req -new -x509 -nodes -days 2 -subj "/CN=$key_cn/" -newkey rsa:2048 \
+		-keyout /root/mok/signing.key -addext extendedKeyUsage=codeSigning \
+		-outform DER -out /root/mok/signing.der 2>&1 || return 1
 	printf 'mok_signing_key=/root/mok/signing.key\nmok_certificate=/root/mok/signing.der\n' \
 		>"$view/etc/dkms/framework.conf.d/blksnap-test.conf"
 	# (apt's package lists may be old: fetched again if that fails.)
@@ -176,8 +176,9 @@ check_module() {
 	want=$(modinfo -b "$dir/modroot" -k "$release" -F vermagic brd)
 	[ "$(modinfo -F vermagic "$ko")" = "$want" ] || { echo "vermagic is not the kernel's: $want"; return 1; }
 	signer=$(modinfo -F signer "$ko")
-	sig_key=$(modinfo -F sig_key "$ko" | tr -d ':' | tr 'a-f' 'A-F')
-	serial=$(openssl x509 -inform DER -in "$view/root/mok/signing.der" -noout -serial | sed 's/^serial=//')
+	# (both as hex digits without leading zeros)
+	sig_key=$(modinfo -F sig_key "$ko" | tr -d ':' | tr 'a-f' 'A-F' | sed 's/^0*//')
+	serial=$(in_view openssl x509 -inform DER -in /root/mok/signing.der -noout -serial | sed 's/^serial=0*//')
 	echo "the key's serial: $serial"
 	[ "$signer" = "$key_cn" ] || { echo "signer is '$signer', not '$key_cn'"; return 1; }
 	[ "$sig_key" = "$serial" ] || { echo "sig_key is not the key's serial"; return 1; }
