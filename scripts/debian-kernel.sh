@@ -19,7 +19,10 @@
 #      kernel, macros, pin_init, ... come out with the same crate hashes as
 #      Debian's, so a module's v0-mangled symbol names match the kernel's
 #      exports; the headers' Module.symvers goes next to them, so modpost
-#      rejects a module that needs a symbol the kernel does not export;
+#      rejects a module that needs a symbol the kernel does not export.
+#      packaging/blksnap-prepare-kernel does this step, in the root, as the
+#      DKMS package does it on a Debian machine (the result goes to the
+#      root's /var/lib/blksnap-rs/kernels);
 #   3. the kernel and its modules from the image packages, laid out as
 #      scripts/vm.sh boots a kernel (arch/x86/boot/bzImage, modroot/ with
 #      depmod's files, and an initramfs that loads the 9p modules the VM's
@@ -41,11 +44,7 @@ DEB_VERSION=7.3.4-1~bpo13+1
 DEB_LINE=7.3
 DEB_RUSTC=1.85.1+dfsg1-1+deb13u1
 DEB_BINDGEN=0.71.1-6
-DEB_CC=x86_64-linux-gnu-gcc-14
 MIRROR=${BLKSNAP_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-
-# Arguments for every make in the root, for the kernel and the module.
-deb_make_args=(ARCH=x86 CROSS_COMPILE=x86_64-linux-gnu- "CC=$DEB_CC" "KERNELRELEASE=$DEB_RELEASE")
 
 # What the root holds: the toolchain and the kernel's packages.
 ROOT_PACKAGES=(
@@ -64,8 +63,7 @@ key=$(echo "$DEB_RELEASE ${ROOT_PACKAGES[*]} ${IMAGE_PACKAGES[*]}" | sha256sum |
 dir=$BLKSNAP_CACHE/debian-$DEB_RELEASE-$key
 root=$dir/root
 # Paths inside the root.
-SRC=/build/linux-source
-OBJ=/build/obj
+PREPARE=/build/bin/blksnap-prepare-kernel
 MODSRC=/build/blksnap
 
 # Runs a command in the root, with /proc, /dev and /sys mounted in a private
@@ -109,24 +107,22 @@ make_root() {
 	touch "$dir/.root-done"
 }
 
-# The Rust part of the build tree, regenerated from the source package.
+# The Rust part of the build tree, regenerated from the source package by
+# packaging/blksnap-prepare-kernel: the same script the DKMS package runs on
+# a Debian machine, here run in the root, whose kernel cache
+# (/var/lib/blksnap-rs/kernels) it fills.
 prepare_tree() {
-	local headers=$root/usr/src/linux-headers-$DEB_RELEASE
-	[ -f "$headers/.config" ] || die "no .config in $headers"
-	log "debian: regenerating the kernel's Rust metadata (modules_prepare, about 5 minutes)"
-	rm -rf "$root$SRC" "$root$OBJ"
-	mkdir -p "$root$SRC" "$root$OBJ"
-	tar -xf "$root"/usr/src/linux-source-"$DEB_LINE".tar.* -C "$root$SRC" --strip-components=1
-	cp "$headers/.config" "$root$OBJ/.config"
-	in_root make -C "$SRC" O="$OBJ" "${deb_make_args[@]}" -j"$(($(nproc) + 1))" \
-		olddefconfig modules_prepare >"$dir/prepare.log" 2>&1 ||
-		{ tail -n 30 "$dir/prepare.log" >&2; die "modules_prepare failed (log: $dir/prepare.log)"; }
-	cmp -s "$headers/.config" "$root$OBJ/.config" ||
-		die "olddefconfig changed Debian's config: the toolchain in the root is not the kernel's"
-	[ "$(cat "$root$OBJ/include/config/kernel.release")" = "$DEB_RELEASE" ] ||
-		die "the prepared tree's release is not $DEB_RELEASE"
-	cp "$headers/Module.symvers" "$root$OBJ/Module.symvers"
-	touch "$dir/.tree-done"
+	install_prepare_script
+	log "debian: preparing the kernel for Rust modules (modules_prepare: about 5 minutes unless done before)"
+	in_root "$PREPARE" "$DEB_RELEASE" >"$dir/prepare.log" 2>&1 ||
+		{ tail -n 30 "$dir/prepare.log" >&2; die "preparing the kernel failed (log: $dir/prepare.log)"; }
+	touch "$dir/.kernel-prepared"
+}
+
+# The checkout's preparation script, in the root.
+install_prepare_script() {
+	mkdir -p "$root${PREPARE%/*}"
+	install -m 755 "$BLKSNAP_ROOT/packaging/blksnap-prepare-kernel" "$root$PREPARE"
 }
 
 # The kernel and modules, laid out for scripts/vm.sh.
@@ -183,7 +179,7 @@ prepare() {
 	exec 9>"$BLKSNAP_CACHE/.lock-debian-$key"
 	flock 9
 	[ -e "$dir/.root-done" ] || make_root
-	[ -e "$dir/.tree-done" ] || prepare_tree
+	[ -e "$dir/.kernel-prepared" ] || prepare_tree
 	[ -e "$dir/.boot-done" ] || boot_files
 }
 
@@ -201,7 +197,8 @@ module() {
 	mkdir -p "$root$src"
 	(cd "$BLKSNAP_ROOT" && tar -cf - --exclude='*.o' --exclude='*.ko' --exclude='.*.cmd' \
 		Kbuild include src) | tar -xf - -C "$root$src"
-	in_root make -C "$OBJ" M="$src" "${deb_make_args[@]}" CLIPPY=1 -j"$(nproc)" modules >&2 ||
+	install_prepare_script
+	in_root "$PREPARE" --make "$DEB_RELEASE" M="$src" CLIPPY=1 modules >&2 ||
 		die "the module build against $DEB_RELEASE failed"
 	vermagic=$(modinfo -F vermagic "$root$src/blksnap.ko")
 	want=$(modinfo -b "$dir/modroot" -k "$DEB_RELEASE" -F vermagic brd)

@@ -11,8 +11,9 @@ PACKAGES=(
 	# the VM and what the tests run inside it
 	qemu-system-x86 busybox-static util-linux e2fsprogs xfsprogs dmsetup
 	mdadm fio xz-utils zstd python3
-	# the Debian 13 root for the distribution kernel (scripts/debian-kernel.sh)
-	debootstrap
+	# the Debian 13 root for the distribution kernel (scripts/debian-kernel.sh),
+	# and the check of the Debian packages (scripts/package.sh)
+	debootstrap lintian
 	# the benchmark's plot
 	gnuplot-nox
 )

@@ -4,7 +4,8 @@
 # The root file system is the host's, read-only over 9p. This script mounts
 # the pseudo file systems and a tmpfs on each place tools write to, makes the
 # test kernel's modules visible as /lib/modules, mounts the output share
-# (tag blksnap-out) that holds env.sh and cmd.sh, runs cmd.sh from the top of
+# (tag blksnap-out) that holds env.sh and cmd.sh, and the writable share of
+# vm.sh --share (tag blksnap-share) if any, runs cmd.sh from the top of
 # the checkout with its output on the second serial port (/dev/ttyS1),
 # writes its exit status to the share and powers off.
 #
@@ -84,6 +85,13 @@ for dir in /tmp /var/tmp /root /mnt /var/log /var/cache /var/lib/mdadm; do
 		esac
 	done
 done
+
+# A writable share (vm.sh --share), at its path on the host.
+if [ -n "${BLKSNAP_VM_SHARE:-}" ]; then
+	bb mkdir -p "$BLKSNAP_VM_SHARE"
+	bb mount -t 9p -o trans=virtio,version=9p2000.L,cache=none,msize=262144 blksnap-share \
+		"$BLKSNAP_VM_SHARE" || say "cannot mount the share on $BLKSNAP_VM_SHARE"
+fi
 
 # The test kernel's modules, for modprobe and modinfo by name.
 modroot=$STASH$KDIR/modroot

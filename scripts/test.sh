@@ -15,8 +15,11 @@
 # (scripts/debian-kernel.sh, made in the background while the 6.12 kernel
 # builds), blksnap.ko built against it, and the VM tests in DEBIAN_TESTS
 # below (or the VM-TEST names) booted on Debian's vmlinuz, in a second VM
-# beside the one on 6.12 (each keeps one host core busy). A failed step does
-# not stop the later ones.
+# beside the one on 6.12 (each keeps one host core busy); after them, in the
+# same place, the Debian packages (scripts/package-test.sh: built, checked
+# with lintian, installed with DKMS in Debian's root, used and removed on
+# Debian's kernel), unless VM-TEST names were given. A failed step does not
+# stop the later ones.
 #
 #   --debug            use the debug kernel (KASAN, lockdep, kmemleak); same as
 #                      BLKSNAP_DEBUG=1; a 6.12 build, so only that line runs
@@ -60,6 +63,10 @@ want_line() { [[ " $lines " == *" $1 "* ]]; }
 # short fuzz run. (The whole suite runs on 6.12.)
 DEBIAN_TESTS=(01-module 02-ioctl 03-uapi 10-cbt 20-cow 23-multi 30-cli 31-backup 40-fuzz)
 : "${BLKSNAP_DEBIAN_FUZZ_CALLS:=5000}"
+
+# The packaging test runs with the whole suite, not for chosen VM tests.
+package_test=0
+(($#)) || package_test=1
 
 # The debug kernel runs the scripts several times slower.
 if [ "$BLKSNAP_DEBUG" = 1 ]; then
@@ -108,7 +115,7 @@ step() {
 # the kernel, the module and the VM tests.
 planned=5
 want_line 6.12 && planned=$((planned + 3))
-want_line 7.3 && planned=$((planned + 3))
+want_line 7.3 && planned=$((planned + 3 + package_test))
 echo "KTAP version 1"
 echo "1..$planned"
 
@@ -305,6 +312,13 @@ if [ -n "$debian_ko" ]; then
 			>"$logs/vm-tests-7.3.out" 2>"$logs/vm-tests-7.3-host.log"
 		echo $? >"$logs/vm-tests-7.3.rc"
 		echo $((SECONDS - t73)) >"$logs/vm-tests-7.3.time"
+		if [ "$package_test" = 1 ]; then
+			tp=$SECONDS
+			# Niced: the VM tests on 6.12 beside it are the longer path.
+			nice -n 5 "$BLKSNAP_ROOT/scripts/package-test.sh" >"$logs/package-7.3.out" 2>"$logs/package-7.3-host.log"
+			echo $? >"$logs/package-7.3.rc"
+			echo $((SECONDS - tp)) >"$logs/package-7.3.time"
+		fi
 	) &
 	debian_vm_pid=$!
 fi
@@ -336,6 +350,19 @@ if want_line 7.3; then
 	else
 		diag "vm-tests-7.3: no module for Debian's kernel"
 		report 1 vm-tests-7.3
+	fi
+fi
+
+# 9: the Debian packages on 7.3 (run after the VM tests on 7.3, above).
+if want_line 7.3 && [ "$package_test" = 1 ]; then
+	if [ -n "$debian_vm_pid" ]; then
+		vm_lines <"$logs/package-7.3.out"
+		vm_finish package-7.3 "$(cat "$logs/package-7.3.rc" 2>/dev/null || echo 126)" \
+			"$logs/package-7.3-host.log"
+		diag "package-7.3: $(cat "$logs/package-7.3.time" 2>/dev/null)s, after the VM tests on 7.3; logs: $logs/package-*.log"
+	else
+		n=$((n + 1)) skip=$((skip + 1))
+		echo "ok $n package-7.3 # SKIP no Debian build environment or module for 7.3 (see kernel-7.3, module-7.3)"
 	fi
 fi
 

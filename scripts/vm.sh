@@ -2,7 +2,8 @@
 # Boots the test kernel under QEMU (TCG) and runs one command in it.
 #
 #   scripts/vm.sh [--debug] [--timeout SECONDS] [--out DIR] [--disk FILE]...
-#                 [--tcg single|multi] [--icount SHIFT] [-e NAME=VALUE]...
+#                 [--tcg single|multi] [--icount SHIFT] [--share DIR]
+#                 [-e NAME=VALUE]...
 #                 [--] COMMAND...
 #
 # The guest's root file system is the host's own root, shared read-only over
@@ -42,6 +43,9 @@
 #                      run to run whatever the host is doing. The vCPUs then
 #                      take turns on one host thread (implies --tcg single).
 #                      For benchmarks of CPU-bound paths.
+#   --share DIR        share DIR writable with the guest, at the same path
+#                      (the rest of the host's root stays read-only), e.g.
+#                      a Debian root whose packages the command removes
 #   -e NAME=VALUE      pass an environment variable to the command
 #
 # Environment: KDIR (kernel build tree, or a directory laid out like one by
@@ -95,6 +99,7 @@ timeout=${BLKSNAP_VM_TIMEOUT:-1200}
 tcg_thread=${BLKSNAP_VM_TCG:-single}
 icount=
 keep_out=
+share=
 extra_env=()
 disks=() disk_opts=
 while (($#)); do
@@ -110,6 +115,8 @@ while (($#)); do
 		[[ $2 =~ ^([1-9][0-9]*),([1-9][0-9]*)$ ]] || die "--disk-limit wants IOPS,MIBPS, got '$2'"
 		disk_opts=",throttling.iops-total=${BASH_REMATCH[1]},throttling.bps-total=$((BASH_REMATCH[2] << 20))"
 		shift ;;
+	--share) (($# >= 2)) || usage; share=$2; shift ;;
+	--share=*) share=${1#*=} ;;
 	-e) (($# >= 2)) || usage; extra_env+=("$2"); shift ;;
 	--tcg) (($# >= 2)) || usage; tcg_thread=$2; shift ;;
 	--tcg=*) tcg_thread=${1#*=} ;;
@@ -147,7 +154,12 @@ export KDIR
 bzimage=$KDIR/arch/x86/boot/bzImage
 [ -f "$bzimage" ] || die "no kernel image at $bzimage"
 [ -d "$KDIR/modroot/lib/modules" ] || die "no installed modules in $KDIR/modroot"
-case "$BLKSNAP_ROOT$KDIR" in
+if [ -n "$share" ]; then
+	[ -d "$share" ] || die "--share: no such directory: $share"
+	share=$(cd "$share" && pwd)
+	case $share in *,*) die "--share: the path must not contain a comma: $share" ;; esac
+fi
+case "$BLKSNAP_ROOT$KDIR$share" in
 *[[:space:]]*) die "the checkout and kernel paths must not contain white space (they go on the kernel command line)" ;;
 esac
 
@@ -196,6 +208,7 @@ shq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 		printf 'export %s=%s\n' "$name" "$(shq "${!name}")"
 	done
 	printf 'export KDIR=%s\n' "$(shq "$KDIR")"
+	[ -z "$share" ] || printf 'export BLKSNAP_VM_SHARE=%s\n' "$(shq "$share")"
 	for e in "${extra_env[@]}"; do
 		printf 'export %s=%s\n' "${e%%=*}" "$(shq "${e#*=}")"
 	done
@@ -239,6 +252,11 @@ qemu=(
 )
 
 [ -n "$icount" ] && qemu+=(-icount "shift=$icount,sleep=off")
+if [ -n "$share" ]; then
+	# shellcheck disable=SC2054
+	qemu+=(-fsdev "local,id=share,path=$share,security_model=none,multidevs=remap"
+		-device virtio-9p-pci,fsdev=share,mount_tag=blksnap-share)
+fi
 # A distribution kernel loads its 9p support from an initramfs
 # (scripts/debian-kernel.sh makes one); a kernel built here has it built in.
 [ -f "$KDIR/initrd.img" ] && qemu+=(-initrd "$KDIR/initrd.img")
