@@ -73,17 +73,10 @@ impl Geometry {
     /// The blocks `[first, end)` that `sectors` touch, clipped to the
     /// device. Empty when nothing is inside.
     pub fn blocks(&self, sectors: Sectors) -> core::ops::Range<u32> {
-        let sector = sectors.start;
-        let shift = self.blk_shift - SECTOR_SHIFT;
-        let end_sector = sectors.end().min(self.capacity);
-        if sectors.is_empty() || sector >= end_sector {
-            return 0..0;
-        }
-        let first = sector >> shift;
-        let end = (end_sector - 1) >> shift;
-        // Both are below blk_count because end_sector <= capacity.
-        let first = u32::try_from(first).unwrap_or(self.blk_count);
-        let end = u32::try_from(end + 1).unwrap_or(self.blk_count);
+        let units = sectors.units(self.blk_shift - SECTOR_SHIFT, self.capacity);
+        // Both are at most blk_count because the units end at the capacity.
+        let first = u32::try_from(units.start).unwrap_or(self.blk_count);
+        let end = u32::try_from(units.end).unwrap_or(self.blk_count);
         first.min(self.blk_count)..end.min(self.blk_count)
     }
 }

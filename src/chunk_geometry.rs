@@ -60,12 +60,7 @@ impl Geometry {
 
     /// The chunks `sectors` touch, clipped to the capacity.
     pub fn range(self, sectors: Sectors) -> Range<u64> {
-        let (sector, end) = (sectors.start, sectors.end().min(self.capacity));
-        if sectors.is_empty() || sector >= end {
-            return 0..0;
-        }
-        let shift = self.chunk_shift - 9;
-        (sector >> shift)..(((end - 1) >> shift) + 1)
+        sectors.units(self.chunk_shift - 9, self.capacity)
     }
 
     /// The sectors of chunk `c` on the device: a whole chunk but for the

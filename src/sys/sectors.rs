@@ -33,6 +33,17 @@ impl Sectors {
     pub const fn is_empty(self) -> bool {
         self.count == 0
     }
+
+    /// The units of 2^`shift` sectors (tracking blocks, chunks) that the
+    /// part of the range below `capacity` touches, by index: empty when
+    /// none of it is.
+    pub fn units(self, shift: u32, capacity: u64) -> core::ops::Range<u64> {
+        let end = self.end().min(capacity);
+        if self.is_empty() || self.start >= end {
+            return 0..0;
+        }
+        (self.start >> shift)..(((end - 1) >> shift) + 1)
+    }
 }
 
 #[cfg(test)]
@@ -45,5 +56,17 @@ mod tests {
         assert_eq!(Sectors::new(u64::MAX - 1, 8).end(), u64::MAX);
         assert!(Sectors::new(5, 0).is_empty());
         assert!(!Sectors::new(5, 1).is_empty());
+    }
+
+    #[test]
+    fn units_are_clipped_and_exact() {
+        let units = |start, count| Sectors::new(start, count).units(3, 100);
+        assert_eq!(units(0, 0), 0..0);
+        assert_eq!(units(0, 1), 0..1);
+        assert_eq!(units(7, 2), 0..2);
+        assert_eq!(units(8, 8), 1..2);
+        assert_eq!(units(95, 100), 11..13);
+        assert_eq!(units(100, 8), 0..0);
+        assert_eq!(units(u64::MAX, u64::MAX), 0..0);
     }
 }
