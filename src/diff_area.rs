@@ -143,33 +143,17 @@ impl Nodes {
         }
     }
 
-    /// Allocates up to `n` more nodes; marks the supply exhausted if any
-    /// allocation fails.
-    fn add(&mut self, mut n: usize, flags: Flags) {
-        if n > 0 && self.one.is_none() {
-            match RBTreeNodeReservation::new(flags) {
-                Ok(node) => self.one = Some(node),
-                Err(_) => {
-                    self.exhausted = true;
-                    return;
-                }
-            }
-            n -= 1;
-        }
-        if n == 0 {
-            return;
-        }
-        if self.more.reserve(n, flags).is_err() {
-            self.exhausted = true;
-            return;
-        }
+    /// Allocates up to `n` more nodes with `flags`; marks the supply
+    /// exhausted if an allocation fails.
+    fn add(&mut self, n: usize, flags: Flags) {
         for _ in 0..n {
             let Ok(node) = RBTreeNodeReservation::new(flags) else {
                 self.exhausted = true;
                 return;
             };
-            // Within the capacity reserved above: does not allocate.
-            if self.more.push(node, GFP_NOWAIT).is_err() {
+            if self.one.is_none() {
+                self.one = Some(node);
+            } else if self.more.push(node, flags).is_err() {
                 self.exhausted = true;
                 return;
             }

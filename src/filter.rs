@@ -71,9 +71,10 @@ fn submit(bio: Submitted, preempt_off: &PreemptOff) -> Option<Submitted> {
     // never the last references (their drop may sleep). While no switch is
     // announced this reads one shared counter and takes no lock.
     let _barrier = TakeBarrier::read(preempt_off);
-    let on_dev = decide_for(preempt_off, dev, identity, info.sector(), sectors).flatten();
+    let on_dev = decide_for(preempt_off, dev, identity, info.range()).flatten();
     let on_whole = if whole != dev {
-        decide_for(preempt_off, whole, whole_identity, whole_sector, sectors).flatten()
+        let range = Sectors::new(whole_sector, sectors);
+        decide_for(preempt_off, whole, whole_identity, range).flatten()
     } else {
         None
     };
@@ -102,24 +103,23 @@ fn submit(bio: Submitted, preempt_off: &PreemptOff) -> Option<Submitted> {
 }
 
 /// The tracker lookup for `dev` and the copy-on-write decision for a write
-/// of `sectors` at `sector`, under the take barrier: `None` if `dev` is not
+/// of `range`, under the take barrier: `None` if `dev` is not
 /// tracked (or the number now belongs to another disk), `Some(None)` if the
 /// write may pass now.
 fn decide_for(
     preempt_off: &PreemptOff,
     dev: DevNum,
     identity: DevIdentity,
-    sector: u64,
-    sectors: u64,
+    range: Sectors,
 ) -> Option<Option<(Arc<DiffArea>, u64)>> {
     INDEX.with(preempt_off, dev, |t| {
         if t.bdev().identity() != identity {
             return None;
         }
-        let area = t.mark(Sectors::new(sector, sectors))?;
-        match area.write_need(Sectors::new(sector, sectors)) {
+        let area = t.mark(range)?;
+        match area.write_need(range) {
             WriteNeed::Nothing => None,
-            WriteNeed::Copy => Some((area, sector)),
+            WriteNeed::Copy => Some((area, range.start)),
         }
     })
 }

@@ -187,19 +187,15 @@ impl DiffArea {
         let Ok(Some(source)) = decided else {
             return Some(bio);
         };
-        let (storage, target, counted) = match source {
+        let (via, target, counted) = match source {
             Source::Stored(slot) => {
                 let Ok(storage) = this.storage.device(slot.dev) else {
                     return Some(bio);
                 };
                 let offset = sector - range.start * cs;
-                (Some(storage), slot.sector + offset, false)
+                (Via::Device(storage), slot.sector + offset, false)
             }
-            Source::Original => (None, sector, true),
-        };
-        let via = match storage {
-            Some(storage) => Via::Device(storage),
-            None => Via::Own(|area: &Self| area.tracker.bdev()),
+            Source::Original => (Via::Own(|area: &Self| area.tracker.bdev()), sector, true),
         };
         this.inflight.fetch_add(1, Ordering::AcqRel);
         let tag = tag.counted(counted).into_raw();

@@ -48,12 +48,6 @@ impl DevNum {
     }
 }
 
-impl core::fmt::Display for DevNum {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "{}:{}", self.major(), self.minor())
-    }
-}
-
 /// An open block device.
 ///
 /// # Invariants

@@ -74,11 +74,6 @@ impl BioInfo {
         super::sectors::Sectors::new(self.0.sector, self.sectors())
     }
 
-    /// First sector, relative to [`BioInfo::dev`].
-    pub(crate) fn sector(&self) -> u64 {
-        self.0.sector
-    }
-
     /// Length in sectors.
     pub(crate) fn sectors(&self) -> u64 {
         self.0.sectors.into()
