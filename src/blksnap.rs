@@ -20,6 +20,8 @@ mod cbt_map;
 mod chunk_bits;
 #[expect(unreachable_pub, reason = "also the host tests' API")]
 mod chunk_geometry;
+#[expect(dead_code, unreachable_pub, reason = "also the host tests' API")]
+mod chunk_map;
 mod ctl;
 mod diff_area;
 #[expect(dead_code, unreachable_pub, reason = "also the host tests' API")]

@@ -3,15 +3,15 @@
 //! Copy-on-write state of one device in a taken snapshot ([`DiffArea`]):
 //! the per-chunk state machine and the write side.
 //!
-//! A [`DiffArea`] knows, for every chunk of its device touched since TAKE,
+//! A [`DiffArea`] knows, for every chunk of its device copied since TAKE,
 //! whether its original data is being copied, is stored (and where), or
-//! could not be stored. Chunks never touched cost nothing: their states live
-//! in a tree that only grows on first touch. The first write to a chunk
+//! could not be stored ([`ChunkMap`]: 8 bytes a chunk, in leaves that only
+//! grow on first touch). The first write to a chunk
 //! after TAKE waits until the chunk's original data is in the difference
 //! storage (`copy` does the copying); other chunks, reads and other devices
 //! go on. Image reads of a chunk not copied yet read the original, and a
-//! write to that chunk waits until those reads are done (`image_io` serves
-//! the image).
+//! write to a chunk of the same group (64 chunks) waits until those reads
+//! are done (`image_io` serves the image).
 //!
 //! When the storage runs out, a chunk cannot be copied or a write to an
 //! image fails, the snapshot becomes corrupted (see [`Storage`]): image I/O
@@ -20,10 +20,11 @@
 //!
 //! Locking:
 //! * `DiffArea::chunks` (IRQ-safe spinlock; the bio filter reads it in
-//!   atomic context) protects every chunk's state; `DiffArea::changed`
-//!   (a condition variable on it) is signalled when a copy finishes or the
-//!   last image read of an uncopied chunk ends. Tree nodes for chunks never
-//!   touched are allocated with the lock dropped ([`DiffArea::with_chunks`]).
+//!   atomic context) protects every chunk's state and the reader counts;
+//!   `DiffArea::changed` (a condition variable on it) is signalled when a
+//!   copy finishes, when the last image read of a group a writer waits for
+//!   ends, and when the last writer waiting for a group is done. Leaves for
+//!   the map are allocated with the lock dropped ([`DiffArea::with_chunks`]).
 //! * `DiffArea::settled` ([`ChunkBits`], lock-free) caches, for the filter,
 //!   the chunks writes pass without copy-on-write from now on: set under
 //!   `chunks` once a chunk is stored (or failed) with no image read of the
@@ -36,6 +37,7 @@ use crate::sys::compat::prelude::*;
 use crate::{
     chunk_bits::{self, ChunkBits},
     chunk_geometry::Geometry,
+    chunk_map::{self, ChunkMap, Entry, Full, Group},
     storage::{Slot, Storage},
     sys::{
         sectors::Sectors,
@@ -49,36 +51,14 @@ use kernel::{
     alloc::{Flags, VVec},
     new_condvar, new_mutex,
     page::Page,
-    rbtree::{RBTree, RBTreeNodeReservation},
     sync::{Arc, CondVar, Mutex},
 };
 
 mod copy;
 mod image_io;
 
-/// Where a chunk's original data is.
-#[derive(Clone, Copy)]
-enum State {
-    /// Still only on the original device.
-    NotCopied,
-    /// Being copied; writers and image readers wait.
-    Copying,
-    /// In the difference storage.
-    Stored(Slot),
-    /// Could not be stored: the snapshot is corrupted.
-    Failed,
-}
-
-/// One touched chunk.
-#[derive(Clone, Copy)]
-struct Chunk {
-    state: State,
-    /// Image reads of this chunk in flight on the original device.
-    readers: u32,
-}
-
-/// The touched chunks, by index.
-type Chunks = RBTree<u64, Chunk>;
+/// The copied chunks' states and the image reads in flight, by chunk.
+type Chunks = ChunkMap<VVec<Group<KVec<u64>>>>;
 
 /// What a write to the original device needs.
 pub(crate) enum WriteNeed {
@@ -120,59 +100,62 @@ enum Step<R> {
     Done(R),
     /// Wait until the chunks change, then look again.
     Wait,
-    /// Look again with this many more tree nodes at hand.
-    Nodes(usize),
+    /// Look again with a leaf of this capacity at hand.
+    Leaf(usize),
 }
 
-/// Tree nodes for chunks never touched, allocated outside the chunk lock.
-/// One is kept inline: most steps need one at most.
-struct Nodes {
-    one: Option<RBTreeNodeReservation<u64, Chunk>>,
-    more: KVec<RBTreeNodeReservation<u64, Chunk>>,
-    /// An allocation failed: no more nodes come.
+/// A leaf for the chunk map, allocated outside the chunk lock.
+struct Room {
+    leaf: Option<KVec<u64>>,
+    /// An allocation failed: no more leaves come.
     exhausted: bool,
 }
 
-impl Nodes {
-    /// None at hand.
+impl Room {
+    /// Nothing at hand.
     fn new() -> Self {
-        Nodes {
-            one: None,
-            more: KVec::new(),
+        Room {
+            leaf: None,
             exhausted: false,
         }
     }
 
-    /// Allocates up to `n` more nodes with `flags`; marks the supply
-    /// exhausted if an allocation fails.
-    fn add(&mut self, n: usize, flags: Flags) {
-        for _ in 0..n {
-            let Ok(node) = RBTreeNodeReservation::new(flags) else {
-                self.exhausted = true;
-                return;
-            };
-            if self.one.is_none() {
-                self.one = Some(node);
-            } else if self.more.push(node, flags).is_err() {
+    /// Allocates a leaf of `capacity` entries with `flags` (replacing the
+    /// one at hand); marks the supply exhausted if that fails.
+    fn add(&mut self, capacity: usize, flags: Flags) {
+        self.leaf = None;
+        let Ok(mut leaf) = KVec::with_capacity(capacity, flags) else {
+            self.exhausted = true;
+            return;
+        };
+        for _ in 0..capacity {
+            // Within the capacity allocated above: does not allocate.
+            if leaf.push(0, GFP_NOWAIT).is_err() {
                 self.exhausted = true;
                 return;
             }
         }
+        self.leaf = Some(leaf);
     }
 
-    /// How many nodes are at hand.
-    fn len(&self) -> usize {
-        usize::from(self.one.is_some()) + self.more.len()
-    }
-
-    /// Records chunk `c`, never touched, as `chunk` with a node at hand;
-    /// `false` (and nothing recorded) if none is.
-    fn insert(&mut self, chunks: &mut Chunks, c: u64, chunk: Chunk) -> bool {
-        let Some(node) = self.one.take().or_else(|| self.more.pop()) else {
-            return false;
-        };
-        chunks.insert(RBTreeNodeReservation::into_node(node, c, chunk));
-        true
+    /// Records chunk `c`, not copied, as `entry`, growing its leaf with the
+    /// one at hand if it must. `Err(Some(capacity))`: a leaf that large is
+    /// needed first; `Err(None)`: `c` is past the end.
+    fn insert(&mut self, chunks: &mut Chunks, c: u64, entry: Entry) -> Result<(), Option<usize>> {
+        loop {
+            match chunks.insert(c, entry) {
+                Ok(()) => return Ok(()),
+                Err(Full::Outside) => return Err(None),
+                Err(Full::Leaf(capacity)) => match self.leaf.take() {
+                    // The old leaf (freed here) is not used any more.
+                    Some(leaf) if leaf.len() >= capacity => drop(chunks.grow(c, leaf)),
+                    leaf => {
+                        self.leaf = leaf;
+                        return Err(Some(capacity));
+                    }
+                },
+            }
+        }
     }
 }
 
@@ -195,6 +178,13 @@ impl DiffArea {
             bits.push(AtomicU64::new(0), GFP_KERNEL)?;
         }
         let settled = ChunkBits::new(bits, chunk_count).ok_or(EINVAL)?;
+        let group_count =
+            usize::try_from(chunk_map::groups_for(chunk_count)).map_err(|_| ENOMEM)?;
+        let mut groups = VVec::with_capacity(group_count, GFP_KERNEL)?;
+        for _ in 0..group_count {
+            groups.push(Group::new(), GFP_KERNEL)?;
+        }
+        let map = ChunkMap::new(groups, chunk_count).ok_or(EINVAL)?;
         Arc::pin_init(
             pin_init!(DiffArea {
                 tracker,
@@ -202,7 +192,7 @@ impl DiffArea {
                 queue,
                 geometry,
                 active: AtomicBool::new(true),
-                chunks <- new_irq_spinlock!(RBTree::new(), "blksnap_chunks"),
+                chunks <- new_irq_spinlock!(map, "blksnap_chunks"),
                 settled,
                 changed <- new_condvar!("blksnap_chunk_changed"),
                 spare <- new_mutex!(spare, "blksnap_spare_buffers"),
@@ -251,25 +241,25 @@ impl DiffArea {
     }
 
     /// Runs `step` on the chunks under their lock until it is done: waits
-    /// for [`DiffArea::changed`] when it says so, and when it wants tree
-    /// nodes, drops the lock, allocates them with `flags` and looks again
-    /// (what `step` changed before asking stays). `ENOMEM` if it still
-    /// wants nodes once an allocation failed ([`Nodes::exhausted`]).
+    /// for [`DiffArea::changed`] when it says so, and when it wants a leaf,
+    /// drops the lock, allocates it with `flags` and looks again (what
+    /// `step` changed before asking stays). `ENOMEM` if it still wants one
+    /// once an allocation failed ([`Room::exhausted`]).
     fn with_chunks<R>(
         &self,
         flags: Flags,
-        mut step: impl FnMut(&mut Chunks, &mut Nodes) -> Step<R>,
+        mut step: impl FnMut(&mut Chunks, &mut Room) -> Step<R>,
     ) -> Result<R> {
-        let mut nodes = Nodes::new();
+        let mut room = Room::new();
         let mut chunks = self.chunks.lock();
         loop {
-            match step(&mut chunks, &mut nodes) {
+            match step(&mut chunks, &mut room) {
                 Step::Done(r) => return Ok(r),
                 Step::Wait => self.changed.wait(&mut chunks),
-                Step::Nodes(_) if nodes.exhausted => return Err(ENOMEM),
-                Step::Nodes(n) => {
+                Step::Leaf(_) if room.exhausted => return Err(ENOMEM),
+                Step::Leaf(capacity) => {
                     drop(chunks);
-                    nodes.add(n, flags);
+                    room.add(capacity, flags);
                     chunks = self.chunks.lock();
                 }
             }
@@ -291,11 +281,8 @@ impl DiffArea {
         }
         let chunks = self.chunks.lock();
         for c in self.geometry.range(sectors) {
-            match chunks.get(&c) {
-                Some(Chunk {
-                    state: State::Stored(_) | State::Failed,
-                    readers: 0,
-                }) => {}
+            match chunks.get(c) {
+                Some(Entry::Stored { .. } | Entry::Failed) if chunks.readers(c) == 0 => {}
                 _ => return WriteNeed::Copy,
             }
         }
@@ -329,20 +316,22 @@ impl DiffArea {
         }
     }
 
-    /// Waits until no image read of chunk `c` is in flight on the original;
-    /// then, if `c` is stored (or failed), writes to it pass from now on.
+    /// Waits until no image read of chunk `c`'s group is in flight on the
+    /// original (new ones wait meanwhile); then, if `c` is stored (or
+    /// failed), writes to it pass from now on.
     fn wait_no_readers(&self, c: u64) {
         let mut chunks = self.chunks.lock();
-        while chunks.get(&c).is_some_and(|ch| ch.readers > 0) && self.active.load(Ordering::Acquire)
-        {
+        chunks.begin_wait(c);
+        while chunks.readers(c) > 0 && self.active.load(Ordering::Acquire) {
             self.changed.wait(&mut chunks);
         }
-        // Readers only count on a chunk not copied yet, so a stored or
-        // failed chunk with none stays so.
-        if let Some(Chunk {
-            state: State::Stored(_) | State::Failed,
-            readers: 0,
-        }) = chunks.get(&c)
+        if chunks.end_wait(c) {
+            self.changed.notify_all();
+        }
+        // Reads only count for chunks not copied yet, so with none in
+        // flight a stored or failed chunk stays readerless.
+        if matches!(chunks.get(c), Some(Entry::Stored { .. } | Entry::Failed))
+            && chunks.readers(c) == 0
         {
             self.settled.set(c);
         }
@@ -356,11 +345,13 @@ impl DiffArea {
                 if !self.active.load(Ordering::Acquire) {
                     return Step::Done(Some(Err(EIO)));
                 }
-                match chunks.get(&c).map(|ch| ch.state) {
-                    Some(State::Stored(slot)) => Step::Done(Some(Ok(slot))),
-                    Some(State::Failed) => Step::Done(Some(Err(EIO))),
-                    Some(State::Copying) => Step::Wait,
-                    Some(State::NotCopied) | None => Step::Done(None),
+                match chunks.get(c) {
+                    Some(Entry::Stored { dev, sector }) => {
+                        Step::Done(Some(Ok(Slot { dev, sector })))
+                    }
+                    Some(Entry::Failed) => Step::Done(Some(Err(EIO))),
+                    Some(Entry::Copying) => Step::Wait,
+                    None => Step::Done(None),
                 }
             })?;
             if let Some(stored) = stored {
@@ -385,42 +376,35 @@ impl DiffArea {
         let Ok(mut claimed) = KVec::with_capacity(len, GFP_KERNEL) else {
             return (KVec::new(), true);
         };
-        let claim = self.with_chunks(GFP_KERNEL, |chunks, nodes| {
-            let missing = range.clone().filter(|c| chunks.get(c).is_none()).count();
-            if missing > nodes.len() && !nodes.exhausted {
-                return Step::Nodes(missing - nodes.len());
-            }
+        let claim = self.with_chunks(GFP_KERNEL, |chunks, room| {
             let mut short = false;
             for c in range.clone() {
-                // Recorded in `claimed` (which has room) before the state
-                // changes, so no chunk is left copying with nobody copying
-                // it.
-                match chunks.get_mut(&c) {
-                    Some(ch) => {
-                        if matches!(ch.state, State::NotCopied)
-                            && claimed.push(c, GFP_NOWAIT).is_ok()
-                        {
-                            ch.state = State::Copying;
+                // Chunks in the map are being copied, stored or failed;
+                // this claims the rest. Each is recorded in `claimed`
+                // (which has room) before its state changes, so no chunk
+                // is left copying with nobody copying it.
+                if chunks.get(c).is_some() {
+                    continue;
+                }
+                if claimed.push(c, GFP_NOWAIT).is_err() {
+                    short = true;
+                    continue;
+                }
+                match room.insert(chunks, c, Entry::Copying) {
+                    Ok(()) => {}
+                    Err(need) => {
+                        claimed.pop();
+                        match need {
+                            Some(capacity) => return Step::Leaf(capacity),
+                            None => short = true,
                         }
-                    }
-                    None => {
-                        if nodes.len() == 0 || claimed.push(c, GFP_NOWAIT).is_err() {
-                            short = true;
-                            continue;
-                        }
-                        let copying = Chunk {
-                            state: State::Copying,
-                            readers: 0,
-                        };
-                        // A node is at hand: this inserts.
-                        nodes.insert(chunks, c, copying);
                     }
                 }
             }
             Step::Done(short)
         });
-        // (`with_chunks` fails only if asked for nodes once exhausted,
-        // which this step never does.)
+        // `with_chunks` fails if a leaf could not be allocated: the chunks
+        // claimed before stay claimed, the rest are short.
         let short = claim.unwrap_or(true);
         (claimed, short)
     }

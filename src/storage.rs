@@ -11,13 +11,15 @@
 //!   in process context.
 //! * `Storage::devices` (IRQ-safe spinlock) holds the open storage devices,
 //!   so the image's submit path finds one without sleeping. The list is
-//!   replaced, never changed in place, under `inner`.
+//!   replaced, never changed in place, under `inner`, and only grows: a
+//!   device's index in it, which slots name, never changes.
 //! * `Storage::corrupted` is set once, atomically; whoever sets it queues
 //!   the one `corrupted` event.
 //! * Neither lock is taken while holding a diff area's chunk lock.
 
 use crate::sys::compat::prelude::*;
 use crate::{
+    chunk_map,
     diff_storage::{self, DiffStorage, Extent},
     event_queue::EventQueue,
     sys::{
@@ -32,8 +34,9 @@ use kernel::{
     sync::{Arc, Mutex},
 };
 
-/// Where one chunk's data is in the difference storage.
-pub(crate) type Slot = diff_storage::Slot<DevNum>;
+/// Where one chunk's data is in the difference storage: the storage
+/// device's index in the storage's device list, and the sector there.
+pub(crate) type Slot = diff_storage::Slot<u16>;
 
 /// What the difference storage holds under its lock.
 struct StorageInner {
@@ -77,11 +80,17 @@ impl Storage {
 
     /// SNAPSHOT_APPEND_STORAGE: adds page-aligned ranges of `dev`. `EINVAL`
     /// for an empty, misaligned, overflowing, out-of-device or overlapping
-    /// range; nothing is added unless every range is valid.
+    /// range, or past the sectors chunk states can name
+    /// ([`chunk_map::SECTOR_LIMIT`], 32 PiB), or a 65537th device; nothing is
+    /// added unless every range is valid.
     pub(crate) fn append(&self, dev: DevNum, ranges: &[uapi::blk_snap_block_range]) -> Result {
         let bdev = BlockDevice::open(dev)?;
-        let capacity = bdev.nr_sectors();
+        let capacity = bdev.nr_sectors().min(chunk_map::SECTOR_LIMIT);
         let mut inner = self.inner.lock();
+        let known = self.index_of(dev).is_some();
+        if !known && self.devices.lock().len() > usize::from(u16::MAX) {
+            return Err(EINVAL);
+        }
         for (i, r) in ranges.iter().enumerate() {
             diff_storage::check_range(r.sector_offset, r.sector_count, capacity)
                 .map_err(|_| EINVAL)?;
@@ -102,7 +111,7 @@ impl Storage {
             .accounting
             .extents_mut()
             .reserve(ranges.len(), GFP_KERNEL)?;
-        if self.device(dev).is_err() {
+        if !known {
             // A new list with room for the new device, built outside the
             // spinlock; appends are serialized by `inner`.
             let bdev = Arc::new(bdev, GFP_KERNEL)?;
@@ -171,17 +180,31 @@ impl Storage {
             );
         }
         drop(inner);
-        let bdev = self.device(slot.dev)?;
-        Ok((slot, bdev))
+        let dev = self.index_of(slot.dev).ok_or(EIO)?;
+        let bdev = self.device(dev)?;
+        Ok((
+            Slot {
+                dev,
+                sector: slot.sector,
+            },
+            bdev,
+        ))
     }
 
-    /// The open storage device `dev`. Does not sleep.
-    pub(crate) fn device(&self, dev: DevNum) -> Result<Arc<BlockDevice>> {
+    /// The open storage device with index `dev` in the device list. Does
+    /// not sleep.
+    pub(crate) fn device(&self, dev: u16) -> Result<Arc<BlockDevice>> {
         self.devices
             .lock()
-            .iter()
-            .find(|d| d.dev() == dev)
+            .get(usize::from(dev))
             .cloned()
             .ok_or(EIO)
+    }
+
+    /// Storage device `dev`'s index in the device list, if it is there.
+    fn index_of(&self, dev: DevNum) -> Option<u16> {
+        let devices = self.devices.lock();
+        let i = devices.iter().position(|d| d.dev() == dev)?;
+        u16::try_from(i).ok()
     }
 }

@@ -9,8 +9,8 @@
 //! Locking: `DiffArea::spare` (a mutex) holds the kept buffers; the chunk
 //! lock is taken only to record the outcome, never around I/O.
 
-use super::{DiffArea, State};
-use crate::storage::Slot;
+use super::DiffArea;
+use crate::chunk_map::Entry;
 use crate::sys::bio::{pages_io, PageIo};
 use crate::sys::compat::prelude::*;
 use core::sync::atomic::Ordering;
@@ -32,27 +32,30 @@ impl DiffArea {
             }
         }
         let mut chunks = self.chunks.lock();
-        for (i, c) in claimed.iter().enumerate() {
-            if let Some(ch) = chunks.get_mut(c) {
-                ch.state = match &result {
-                    Ok(slots) => slots.get(i).map_or(State::Failed, |s| State::Stored(*s)),
-                    Err(_) => State::Failed,
-                };
-            }
+        for (i, &c) in claimed.iter().enumerate() {
+            let entry = match &result {
+                Ok(stored) => stored.get(i).copied().unwrap_or(Entry::Failed),
+                Err(_) => Entry::Failed,
+            };
+            chunks.update(c, entry);
         }
         self.changed.notify_all();
     }
 
     /// Copies chunks `claimed` from the original device into new slots;
-    /// returns the slots, in the same order.
-    fn copy(&self, claimed: &[u64]) -> Result<KVec<Slot>> {
+    /// returns their entries, in the same order.
+    fn copy(&self, claimed: &[u64]) -> Result<KVec<Entry>> {
         let cs = self.geometry.chunk_sectors();
         let mut slots = KVec::with_capacity(claimed.len(), GFP_KERNEL)?;
+        let mut stored = KVec::with_capacity(claimed.len(), GFP_KERNEL)?;
         let mut targets = KVec::with_capacity(claimed.len(), GFP_KERNEL)?;
         for _ in claimed {
             let (slot, bdev) = self.storage.alloc(cs)?;
+            // The storage refuses sectors an entry cannot hold.
+            let entry = Entry::stored(slot.dev, slot.sector).ok_or(EINVAL)?;
             // Within the capacities allocated above: do not allocate.
             slots.push(slot, GFP_NOWAIT)?;
+            stored.push(entry, GFP_NOWAIT)?;
             targets.push(bdev, GFP_NOWAIT)?;
         }
         let mut buffers = KVec::with_capacity(claimed.len(), GFP_KERNEL)?;
@@ -101,7 +104,7 @@ impl DiffArea {
             let _ = spare.push(pages, GFP_NOWAIT);
         }
         drop(spare);
-        result.map(|()| slots)
+        result.map(|()| stored)
     }
 
     /// A chunk's worth of pages: a spare buffer, or new pages.

@@ -2,9 +2,10 @@
 
 //! Image I/O: the snapshot image's reads and writes, served from the
 //! chunks' states. A read of a chunk not copied yet reads the original and
-//! counts as one of the chunk's readers, which a write to the original
-//! waits for; a read of a stored chunk reads its slot; a write to the image
-//! copies the chunk first, then writes its slot.
+//! counts as one of its group's readers, which a write to the original
+//! waits for (and while one waits, such reads wait for it); a read of a
+//! stored chunk reads its slot; a write to the image copies the chunk
+//! first, then writes its slot.
 //!
 //! Reads that need no waiting are sent on from the image's submit path
 //! ([`DiffArea::read_fast`]) and complete in [`DiffArea::read_done`], in
@@ -18,10 +19,11 @@
 //! [`DiffArea::wait_reads`] raised [`DRAINING`] in it (under `chunks`):
 //! then under `chunks`, with `changed` signalled.
 
-use super::{Chunk, DiffArea, State, Step};
+use super::{DiffArea, Step};
 use crate::sys::compat::prelude::*;
 use crate::{
     chunk_geometry::ReadTag,
+    chunk_map::Entry,
     storage::Slot,
     sys::bio::{Bio, RedirectDone, Via},
 };
@@ -34,8 +36,8 @@ const DRAINING: usize = 1 << (usize::BITS - 1);
 
 /// Where an image read of a chunk goes.
 enum Source {
-    /// The original device: the chunk is not copied (the read counts as a
-    /// reader of it).
+    /// The original device: the chunk is not copied (the read counts as
+    /// one of its group's readers).
     Original,
     /// The chunk's slot in the difference storage.
     Stored(Slot),
@@ -85,31 +87,20 @@ impl DiffArea {
             self.tracker.mark_dirty(sectors);
             return Ok(());
         }
-        let source = self.with_chunks(GFP_KERNEL, |chunks, nodes| {
+        let source = self.with_chunks(GFP_KERNEL, |chunks, _| {
             if !self.usable() {
                 return Step::Done(Err(EIO));
             }
-            match chunks.get_mut(&c) {
-                Some(ch) => match ch.state {
-                    State::Stored(slot) => Step::Done(Ok(Source::Stored(slot))),
-                    State::Failed => Step::Done(Err(EIO)),
-                    State::Copying => Step::Wait,
-                    State::NotCopied => {
-                        ch.readers += 1;
-                        Step::Done(Ok(Source::Original))
-                    }
-                },
-                None => {
-                    let reading = Chunk {
-                        state: State::NotCopied,
-                        readers: 1,
-                    };
-                    if nodes.insert(chunks, c, reading) {
-                        Step::Done(Ok(Source::Original))
-                    } else {
-                        Step::Nodes(1)
-                    }
+            match chunks.get(c) {
+                Some(Entry::Stored { dev, sector }) => {
+                    Step::Done(Ok(Source::Stored(Slot { dev, sector })))
                 }
+                Some(Entry::Failed) => Step::Done(Err(EIO)),
+                Some(Entry::Copying) => Step::Wait,
+                // A writer waits for the group's reads: no new one starts.
+                None if chunks.writer_waits(c) => Step::Wait,
+                None if chunks.add_reader(c) => Step::Done(Ok(Source::Original)),
+                None => Step::Done(Err(EBUSY)),
             }
         })??;
         match source {
@@ -140,53 +131,45 @@ impl DiffArea {
             return Some(bio);
         };
         let cs = this.geometry.chunk_sectors();
-        let decided = this.with_chunks(GFP_NOWAIT, |chunks, nodes| {
-            // Where the first chunk's data is; every other chunk must agree.
-            let mut first: Option<State> = None;
-            for c in range.clone() {
-                let state = match chunks.get(&c) {
-                    Some(ch) => ch.state,
-                    None => {
-                        // Recorded as not copied, so its readers can count.
-                        let untouched = Chunk {
-                            state: State::NotCopied,
-                            readers: 0,
-                        };
-                        if !nodes.insert(chunks, c, untouched) {
-                            return Step::Nodes(1);
-                        }
-                        State::NotCopied
-                    }
-                };
-                let agrees = match (first, state) {
-                    (None, State::NotCopied | State::Stored(_)) => true,
-                    (Some(State::NotCopied), State::NotCopied) => true,
-                    (Some(State::Stored(a)), State::Stored(b)) => {
-                        a.dev == b.dev && b.sector == a.sector + (c - range.start) * cs
-                    }
-                    _ => false,
-                };
-                if !agrees {
-                    return Step::Done(None);
+        let mut chunks = this.chunks.lock();
+        // Where the first chunk's data is; every other chunk must agree.
+        let mut first: Option<Source> = None;
+        for c in range.clone() {
+            let here = match chunks.get(c) {
+                None if !chunks.writer_waits(c) => Source::Original,
+                Some(Entry::Stored { dev, sector }) => Source::Stored(Slot { dev, sector }),
+                _ => return Some(bio),
+            };
+            let agrees = match (&first, &here) {
+                (None, _) | (Some(Source::Original), Source::Original) => true,
+                (Some(Source::Stored(a)), Source::Stored(b)) => {
+                    a.dev == b.dev && b.sector == a.sector + (c - range.start) * cs
                 }
-                first.get_or_insert(state);
+                _ => false,
+            };
+            if !agrees {
+                return Some(bio);
             }
-            match first {
-                Some(State::Stored(slot)) => Step::Done(Some(Source::Stored(slot))),
-                Some(State::NotCopied) => {
-                    for c in range.clone() {
-                        if let Some(ch) = chunks.get_mut(&c) {
-                            ch.readers += 1;
-                        }
-                    }
-                    Step::Done(Some(Source::Original))
-                }
-                _ => Step::Done(None),
-            }
-        });
-        let Ok(Some(source)) = decided else {
+            first.get_or_insert(here);
+        }
+        let Some(source) = first else {
             return Some(bio);
         };
+        if matches!(source, Source::Original) {
+            let counted = range.clone().take_while(|&c| chunks.add_reader(c)).count();
+            if counted < range.clone().count() {
+                // A count at its limit: undo, and let the worker serve it.
+                let mut wake = false;
+                for c in range.clone().take(counted) {
+                    wake |= chunks.drop_reader(c);
+                }
+                if wake {
+                    this.changed.notify_all();
+                }
+                return Some(bio);
+            }
+        }
+        drop(chunks);
         let (via, target, counted) = match source {
             Source::Stored(slot) => {
                 let Ok(storage) = this.storage.device(slot.dev) else {
@@ -214,6 +197,7 @@ impl DiffArea {
     pub(crate) fn first_chunk_part(&self, bio: &Bio) -> Option<u64> {
         self.geometry.first_part(bio.info().range())
     }
+
     /// Completes a read sent on by [`DiffArea::read_fast`] (`tag` says
     /// which chunks, and whether they counted it as a reader of the
     /// original), in any context; returns the bio's result. A read of the
@@ -244,10 +228,7 @@ impl DiffArea {
         let mut wake = false;
         if counted {
             for c in tag.chunks() {
-                if let Some(ch) = chunks.get_mut(&c) {
-                    ch.readers = ch.readers.saturating_sub(1);
-                    wake |= ch.readers == 0;
-                }
+                wake |= chunks.drop_reader(c);
             }
         }
         let left = self.inflight.fetch_sub(1, Ordering::AcqRel).wrapping_sub(1);
@@ -271,19 +252,15 @@ impl DiffArea {
     }
 
     /// Reads an uncopied chunk from the original; the caller counted this
-    /// read in the chunk's readers, which a write waits for. Writes stop
+    /// read in its group's readers, which a write waits for. Writes stop
     /// waiting once the snapshot is corrupted or destroyed, so a read that
     /// ends after that may have seen new data: it fails instead.
     fn read_original(&self, bio: &Bio, c: u64, sector: u64) -> Result {
         let result = bio
             .redirect_wait(self.tracker.bdev(), sector)
             .and_then(|()| if self.usable() { Ok(()) } else { Err(EIO) });
-        let mut chunks = self.chunks.lock();
-        if let Some(ch) = chunks.get_mut(&c) {
-            ch.readers = ch.readers.saturating_sub(1);
-            if ch.readers == 0 {
-                self.changed.notify_all();
-            }
+        if self.chunks.lock().drop_reader(c) {
+            self.changed.notify_all();
         }
         result
     }

@@ -21,6 +21,9 @@ pub mod cbt_map;
 #[path = "../../../src/chunk_bits.rs"]
 pub mod chunk_bits;
 
+#[path = "../../../src/chunk_map.rs"]
+pub mod chunk_map;
+
 #[path = "../../../src/chunk_geometry.rs"]
 pub mod chunk_geometry;
 
