@@ -6,19 +6,26 @@
 //! Image bios arrive in the block layer's submit path, where the module may
 //! not wait for I/O of its own. Reads that need no waiting go on to the
 //! device holding their data from there, whole when their chunks are alike
-//! (`DiffArea::read_fast`); the rest are split at chunk boundaries and go to
-//! the module's workqueue one chunk at a time, which serves them from the
-//! diff area (see `diff_area`). Images are writable: writes land in the
-//! difference storage.
+//! ([`DiffArea::read_fast`]); the rest are split at chunk boundaries and go
+//! to the module's workqueue one chunk at a time, which serves them from the
+//! diff area (see [`crate::diff_area`]). Images are writable: writes land in
+//! the difference storage.
+//!
+//! Each image holds its minor as a [`Minor`], taken from the module's
+//! [`Minors`] (the lowest free one, by [`crate::minors::MinorMap`]) and
+//! given back when the image is dropped, after its disk is gone; so the
+//! images of a TAKE that fails give their minors back as they go.
 //!
 //! Locking: [`Minors`] has its own mutex, taken inside the control state
-//! mutex (never the other way round) and by the drop of an [`ImageHandle`]. The disk is removed (`del_gendisk`, which waits for callers of
-//! `submit_bio` to leave), then the reads sent on from the submit path are
-//! waited for, before its [`Image`] can be freed; bios queued for the
-//! worker hold a reference to the image.
+//! mutex (never the other way round) and by the drop of an
+//! [`ImageHandle`]. The disk is removed (`del_gendisk`, which waits for
+//! callers of `submit_bio` to leave), then the reads sent on from the
+//! submit path are waited for, before its [`Image`] can be freed; bios
+//! queued for the worker hold a reference to the image.
 
 use crate::{
     diff_area::DiffArea,
+    minors::{MinorMap, Slots, TakeError},
     sys::{
         bio::Bio,
         disk::{image_disk, DiskOperations, ImageDisk, ImageMajor},
@@ -26,45 +33,50 @@ use crate::{
     },
 };
 use kernel::{
+    alloc::AllocError,
     new_mutex,
     prelude::*,
     str::CString,
     sync::{Arc, ArcBorrow, Mutex},
 };
 
-/// The image minors in use; new images get the lowest free one.
+/// The image minors in use, shared by the module's images; each new image
+/// gets the lowest free one.
 #[pin_data]
 pub(crate) struct Minors {
     #[pin]
-    used: Mutex<KVec<bool>>,
+    map: Mutex<MinorMap<KVec<bool>>>,
+}
+
+impl Slots for KVec<bool> {
+    type Error = AllocError;
+
+    fn push_free(&mut self) -> Result<(), AllocError> {
+        self.push(false, GFP_KERNEL)
+    }
 }
 
 impl Minors {
-    /// None in use.
+    /// Creates the set with no minor in use; any `u32` may be handed out.
     pub(crate) fn new() -> Result<Arc<Self>> {
         Arc::pin_init(
             pin_init!(Minors {
-                used <- new_mutex!(KVec::new(), "blksnap_minors"),
+                map <- new_mutex!(MinorMap::new(KVec::new(), u32::MAX), "blksnap_minors"),
             }),
             GFP_KERNEL,
         )
     }
 
-    /// Takes the lowest free minor; it is free again when the [`Minor`] is
-    /// dropped.
+    /// Takes the lowest free minor, which is free again when the returned
+    /// [`Minor`] is dropped.
+    ///
+    /// Fails with `ENOMEM` when the map cannot grow, and with `ENOSPC` when
+    /// every minor is in use.
     fn take(pool: &Arc<Self>) -> Result<Minor> {
-        let mut used = pool.used.lock();
-        let m = match used.iter().position(|used| !used) {
-            Some(m) => m,
-            None => {
-                used.push(false, GFP_KERNEL)?;
-                used.len() - 1
-            }
-        };
-        let number = u32::try_from(m).map_err(|_| ENOSPC)?;
-        if let Some(slot) = used.get_mut(m) {
-            *slot = true;
-        }
+        let number = pool.map.lock().take().map_err(|e| match e {
+            TakeError::Exhausted => ENOSPC,
+            TakeError::Grow(e) => Error::from(e),
+        })?;
         Ok(Minor {
             pool: pool.clone(),
             number,
@@ -72,7 +84,7 @@ impl Minors {
     }
 }
 
-/// One image minor in use; released on drop.
+/// One image minor in use, released when dropped.
 struct Minor {
     pool: Arc<Minors>,
     number: u32,
@@ -80,9 +92,7 @@ struct Minor {
 
 impl Drop for Minor {
     fn drop(&mut self) {
-        if let Some(slot) = self.pool.used.lock().get_mut(self.number as usize) {
-            *slot = false;
-        }
+        self.pool.map.lock().release(self.number);
     }
 }
 
