@@ -16,12 +16,13 @@
 //! given back when the image is dropped, after its disk is gone; so the
 //! images of a TAKE that fails give their minors back as they go.
 //!
-//! Locking: [`Minors`] has its own mutex, taken inside the control state
-//! mutex (never the other way round) and by the drop of an
-//! [`ImageHandle`]. The disk is removed (`del_gendisk`, which waits for
-//! callers of `submit_bio` to leave), then the reads sent on from the
-//! submit path are waited for, before its [`Image`] can be freed; bios
-//! queued for the worker hold a reference to the image.
+//! Locking: [`Minors`] has its own mutex, taken by [`ImageHandle::create`]
+//! and by the drop of an [`ImageHandle`], inside the control state mutex
+//! and the snapshot's image list mutex (never the other way round). When an
+//! image goes, its disk is removed (`del_gendisk`, which waits for callers
+//! of `submit_bio` to leave), then the reads sent on from the submit path
+//! are waited for, before its [`Image`] can be freed; bios queued for the
+//! worker hold a reference to the image.
 
 use crate::{
     diff_area::DiffArea,
@@ -101,8 +102,10 @@ pub(crate) struct Image {
     area: Arc<DiffArea>,
 }
 
-/// An image disk and its image, owned by the snapshot. Dropping it removes
-/// the disk, waits for the reads it sent on, then frees its minor.
+/// An image disk and its [`Image`], owned by the snapshot.
+///
+/// Dropping it removes the disk, waits for the reads it sent on, then frees
+/// its minor.
 pub(crate) struct ImageHandle {
     /// `None` only while dropping.
     disk: Option<ImageDisk<Image>>,
@@ -113,7 +116,13 @@ pub(crate) struct ImageHandle {
 }
 
 impl ImageHandle {
-    /// Creates `blksnap-image<minor>` for `area` with the lowest free minor.
+    /// Creates the disk `blksnap-image<minor>` for `area`, with the lowest
+    /// free minor of `minors` and a number of `major`.
+    ///
+    /// Fails with `ENOSPC` when every minor is in use, `EFBIG` when the
+    /// area's chunk is too large for a disk's limits, `ENOMEM` when memory
+    /// runs out, or with the error of the disk's creation; nothing is left
+    /// behind then (the minor is free again).
     pub(crate) fn create(
         area: Arc<DiffArea>,
         major: &ImageMajor,
@@ -140,7 +149,7 @@ impl ImageHandle {
         })
     }
 
-    /// The image's device number parts.
+    /// The image's device number, as its major and minor.
     pub(crate) fn dev(&self) -> (u32, u32) {
         (self.major, self.minor.number)
     }
@@ -166,9 +175,9 @@ impl DiskOperations for Image {
 
 image_disk!(Image);
 
-/// Called by the image disk for each bio (see `sys::disk`): reads go on
-/// to the device holding their data when that needs no waiting, everything
-/// else to the worker.
+/// Serves a bio of the image disk in its `submit_bio` (see
+/// [`crate::sys::disk`]): reads go on to the device holding their data when
+/// that needs no waiting, everything else goes to the worker.
 fn submit(image: ArcBorrow<'_, Image>, bio: Bio) {
     let Some(bio) = DiffArea::read_fast(image.area.as_arc_borrow(), bio) else {
         return;
@@ -195,7 +204,7 @@ fn submit(image: ArcBorrow<'_, Image>, bio: Bio) {
     }
 }
 
-/// Work item: serves an image bio.
+/// Serves an image bio on the workqueue, in a no-I/O allocation scope.
 fn serve(ib: ImageBio) {
     let _noio = NoIo::enter();
     ib.image.area.image_io(ib.bio);
