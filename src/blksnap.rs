@@ -28,6 +28,8 @@ mod diff_area;
 mod diff_storage;
 mod event_queue;
 mod filter;
+#[expect(unreachable_pub, reason = "also the host tests' API")]
+mod minors;
 #[expect(dead_code, unreachable_pub, reason = "also the host tests' API")]
 mod params;
 #[expect(dead_code, unreachable_pub, reason = "also the host tests' API")]

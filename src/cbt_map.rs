@@ -11,15 +11,15 @@
 //! tables are whatever storage the caller allocated (`vmalloc` in the
 //! kernel, so large devices need no high-order allocation).
 //!
-//! Locking: none here. The tracker keeps a `CbtMap` under one spinlock that
-//! I/O marking, TAKE and MARK_DIRTY take, so a switch is atomic with respect
-//! to every write.
+//! Locking: none here. The tracker keeps a [`CbtMap`] under one spinlock
+//! that I/O marking, TAKE, MARK_DIRTY_BLOCKS and the readers take, so a
+//! switch is atomic with respect to every write.
 
 use crate::params::Params;
 use crate::sys::sectors::Sectors;
 use core::ops::DerefMut;
 
-/// Sector size the block layer counts in.
+/// log2 of the sector size the block layer counts in (512 bytes).
 pub const SECTOR_SHIFT: u32 = 9;
 
 /// How a device is cut into tracking blocks.
@@ -65,7 +65,7 @@ impl Geometry {
         })
     }
 
-    /// Block size in bytes.
+    /// The block size in bytes.
     pub const fn blk_size(&self) -> u32 {
         1 << self.blk_shift
     }
@@ -90,7 +90,8 @@ pub enum Switch {
     Wrapped,
 }
 
-/// One device's change-tracking map.
+/// One device's change-tracking map: its [`Geometry`], its two tables and
+/// their numbers.
 ///
 /// # Invariants
 ///
@@ -110,8 +111,8 @@ pub struct CbtMap<T> {
 }
 
 impl<T: DerefMut<Target = [u8]>> CbtMap<T> {
-    /// A new map over two zeroed tables of `geometry.blk_count` bytes.
-    /// Returns `None` if a table has the wrong length.
+    /// Creates a map over two zeroed tables of `geometry.blk_count` bytes;
+    /// `None` if a table has the wrong length.
     pub fn new(
         geometry: Geometry,
         active: T,
@@ -139,42 +140,42 @@ impl<T: DerefMut<Target = [u8]>> CbtMap<T> {
         &self.geometry
     }
 
-    /// Number of the snapshot taken last: `snap_number` of the UAPI.
+    /// The number of the snapshot taken last: `snap_number` of the UAPI.
     pub fn snap_number(&self) -> u8 {
         self.previous
     }
 
-    /// Number I/O marks now.
+    /// The number I/O marks now.
     pub fn active_number(&self) -> u8 {
         self.active
     }
 
-    /// The generation: changes whenever the tables start over.
+    /// The generation id, which changes whenever the tables start over.
     pub fn generation_id(&self) -> &[u8; 16] {
         &self.generation_id
     }
 
-    /// The table user space reads.
+    /// The readable table: the one user space reads.
     pub fn readable(&self) -> &[u8] {
         &self.readable_table
     }
 
-    /// The table I/O writes.
+    /// The active table: the one I/O marks.
     pub fn active_table(&self) -> &[u8] {
         &self.active_table
     }
 
-    /// Marks the blocks that `sectors` touch as
-    /// changed in the active snapshot (a write, discard or write-zeroes).
+    /// Marks the blocks that `sectors` touch as changed in the active
+    /// snapshot (a write, discard or write-zeroes).
     pub fn mark(&mut self, sectors: Sectors) {
         let range = self.geometry.blocks(sectors);
         // INVARIANT: bytes are raised to `active` at most.
         raise(&mut self.active_table, range, self.active);
     }
 
-    /// MARK_DIRTY_BLOCKS and writes to a snapshot image: marks both tables,
-    /// so the change shows in the readable table of the snapshot held now and
-    /// in the next one.
+    /// Marks the blocks that `sectors` touch in both tables, so the change
+    /// shows in the readable table of the snapshot held now and in the next
+    /// one (MARK_DIRTY_BLOCKS and writes to a snapshot image).
     pub fn mark_both(&mut self, sectors: Sectors) {
         let range = self.geometry.blocks(sectors);
         // INVARIANT: bytes are raised to `active` and `previous` at most.
@@ -182,9 +183,12 @@ impl<T: DerefMut<Target = [u8]>> CbtMap<T> {
         raise(&mut self.readable_table, range, self.previous);
     }
 
-    /// TAKE: the readable table becomes a copy of the active one, `previous`
-    /// the active number, and the active number moves on. When it would
-    /// reach 256 the active table starts over under `new_generation`.
+    /// Switches the map at TAKE: the readable table becomes a copy of the
+    /// active one, `previous` the active number, and the active number
+    /// moves on.
+    ///
+    /// When it would reach 256 the active table starts over under
+    /// `new_generation`.
     pub fn switch(&mut self, new_generation: [u8; 16]) -> Switch {
         // INVARIANT: the readable table becomes the active one, whose bytes
         // are at most the old `active`, the new `previous`. The active table
@@ -204,7 +208,10 @@ impl<T: DerefMut<Target = [u8]>> CbtMap<T> {
     }
 
     /// Starts over with new tables (a capacity change): zeroed tables, new
-    /// generation, `previous = 0`, `active = 1`. Returns the old tables.
+    /// generation, `previous = 0`, `active = 1`.
+    ///
+    /// Returns the old tables, or `None` (and changes nothing) if a new
+    /// table has the wrong length.
     pub fn reset(
         &mut self,
         geometry: Geometry,
@@ -229,7 +236,9 @@ impl<T: DerefMut<Target = [u8]>> CbtMap<T> {
 }
 
 /// Copies as much of `src` as fits into the start of `dst`; returns how
-/// many bytes. Cannot panic, unlike `copy_from_slice`.
+/// many bytes.
+///
+/// Cannot panic, unlike [`copy_from_slice`](slice::copy_from_slice).
 pub fn copy_prefix(dst: &mut [u8], src: &[u8]) -> usize {
     let mut n = 0;
     for (d, s) in dst.iter_mut().zip(src) {

@@ -8,18 +8,22 @@
 //! another layout gets `ENOTTY` instead of a misread argument. Arguments are
 //! copied through user-slice readers and writers only; every count is
 //! bounded before anything is allocated for it, and every check happens
-//! before any state changes, so a failed command leaves nothing behind.
+//! before any state changes; what a command changed before a later step
+//! failed is undone, so a failed command leaves nothing behind.
 //!
 //! Errors chosen on purpose: `EINVAL` for malformed input (bad device
-//! number, duplicate devices, a snapshot of zero devices, too large counts,
-//! misaligned ranges),
+//! number, duplicate devices, a snapshot of zero devices or of a snapshot
+//! image, too large counts, empty ranges or ranges past the device's end
+//! for MARK_DIRTY_BLOCKS, and for APPEND_STORAGE also misaligned or
+//! overlapping ones),
 //! `ENODEV` for a device that is not tracked (or, for COLLECT_IMAGES, a
 //! snapshot not taken yet), `ESRCH` for an unknown
 //! snapshot id, `EALREADY` for a device already in a snapshot or a snapshot
 //! already taken, `EBUSY` for removing a tracker in use, `ENODATA` for a
 //! collect array that is too small (the count says what is needed), `EPERM`
 //! for reading change tracking before the snapshot is taken (as the
-//! reference did), `ENOTTY` for unknown commands. MARK_DIRTY_BLOCKS and
+//! reference did), `EOVERFLOW` for a collection whose count does not fit the
+//! UAPI's field, `ENOTTY` for unknown commands. MARK_DIRTY_BLOCKS and
 //! APPEND_STORAGE with zero ranges change nothing and succeed (after the
 //! device or snapshot checks), as in the reference.
 //!
@@ -27,9 +31,11 @@
 //! SNAPSHOT_COLLECT_IMAGES) share the header's two-call protocol in
 //! [`collect_reply`]: a null array asks for the count and succeeds.
 //!
-//! Locking: `state` (a mutex) serializes every command that changes or
-//! reads the set of trackers and snapshots. WAIT_EVENT looks its snapshot up
-//! under it and waits without it.
+//! Locking: [`Control`]'s `state` (a mutex) serializes every command that
+//! changes or reads the set of trackers and snapshots. WAIT_EVENT looks its
+//! snapshot up under it and waits without it; READ_CBT_MAP looks its tracker
+//! up under it and copies under the tracker's lock only. The image minors'
+//! mutex ([`Minors`]) nests inside it.
 
 use crate::sys::compat::prelude::*;
 use crate::sys::compat::{user_slice, FromBytes};
@@ -52,7 +58,7 @@ use kernel::{
     uaccess::UserSliceWriter,
 };
 
-/// The version VERSION reports.
+/// The module's version, as VERSION reports it.
 const VERSION: blk_snap_version = blk_snap_version {
     major: 1,
     minor: 0,
@@ -67,17 +73,19 @@ const MAX_RANGES: usize = 1 << 20;
 /// Bytes of CBT table copied per lock hold in READ_CBT_MAP.
 const CBT_READ_BATCH: usize = 4096;
 
-/// What the commands share.
+/// What the commands share, under [`Control`]'s mutex.
 struct State {
     trackers: Registry,
     snapshots: KVec<Arc<Snapshot>>,
 }
 
 impl State {
+    /// The snapshot with `id`; `ESRCH` if there is none.
     fn snapshot(&self, id: &blk_snap_uuid) -> Result<&Arc<Snapshot>> {
         self.snapshots.iter().find(|s| s.id() == &id.b).ok_or(ESRCH)
     }
 
+    /// The snapshot `dev` is in, if any.
     fn snapshot_of_device(&self, dev: DevNum) -> Option<&Arc<Snapshot>> {
         self.snapshots.iter().find(|s| s.has_device(dev))
     }
@@ -94,7 +102,7 @@ impl State {
     }
 }
 
-/// The handler behind `/dev/blksnap`.
+/// The handler behind `/dev/blksnap`: the [`FileOps`] of its misc device.
 pub(crate) struct Control {
     state: Pin<KBox<Mutex<State>>>,
     queue: Arc<CowQueue>,
@@ -103,8 +111,8 @@ pub(crate) struct Control {
 }
 
 impl Control {
-    /// No trackers, no snapshots; copy-on-write and image I/O run on
-    /// `queue`, images get `major`.
+    /// Creates the handler with no trackers and no snapshots; copy-on-write
+    /// and image I/O will run on `queue`, and images get numbers of `major`.
     pub(crate) fn new(queue: Arc<CowQueue>, major: ImageMajor) -> Result<Self> {
         let state = State {
             trackers: Registry::new()?,
@@ -160,8 +168,8 @@ struct Collect {
     item_size: usize,
 }
 
-/// The header's two-call protocol, shared by TRACKER_COLLECT,
-/// SNAPSHOT_COLLECT and SNAPSHOT_COLLECT_IMAGES.
+/// Answers a collection with the header's two-call protocol, shared by
+/// TRACKER_COLLECT, SNAPSHOT_COLLECT and SNAPSHOT_COLLECT_IMAGES.
 ///
 /// The count field is always set to `items`, the number of elements there
 /// are. A null array is the size query: it returns 0 (whatever count was
@@ -188,7 +196,7 @@ fn collect_reply(
     Ok(0)
 }
 
-/// A kernel `dev_t` from the UAPI device id; `EINVAL` if it cannot be one.
+/// The [`DevNum`] of a UAPI device id; `EINVAL` if it cannot be one.
 fn dev_t(id: &blk_snap_dev) -> Result<DevNum> {
     DevNum::new(id.mj, id.mn).ok_or(EINVAL)
 }
@@ -233,6 +241,7 @@ fn cbt_info_bytes(info: &blk_snap_cbt_info) -> [u8; size_of::<blk_snap_cbt_info>
 }
 
 impl Control {
+    /// VERSION: writes [`VERSION`] into the argument.
     fn version(&self, arg: usize) -> Result<isize> {
         user_slice(arg, size_of::<blk_snap_version>())
             .writer()
@@ -240,6 +249,7 @@ impl Control {
         Ok(0)
     }
 
+    /// TRACKER_REMOVE: stops tracking a device that is in no snapshot.
     fn tracker_remove(&self, arg: usize) -> Result<isize> {
         let a: blk_snap_tracker_remove = read_arg(arg)?;
         let dev = dev_t(&a.dev_id)?;
@@ -254,6 +264,7 @@ impl Control {
         Ok(0)
     }
 
+    /// TRACKER_COLLECT: describes every tracker ([`collect_reply`]).
     fn tracker_collect(&self, arg: usize) -> Result<isize> {
         let a: blk_snap_tracker_collect = read_arg(arg)?;
         let state = self.state.lock();
@@ -275,6 +286,8 @@ impl Control {
         )
     }
 
+    /// TRACKER_READ_CBT_MAP: copies part of a device's readable table, once
+    /// its snapshot is taken; returns how many bytes it copied.
     fn tracker_read_cbt_map(&self, arg: usize) -> Result<isize> {
         let a: blk_snap_tracker_read_cbt_bitmap = read_arg(arg)?;
         let dev = dev_t(&a.dev_id)?;
@@ -303,6 +316,8 @@ impl Control {
         Ok(copied as isize)
     }
 
+    /// TRACKER_MARK_DIRTY_BLOCKS: marks ranges of a tracked device, or of
+    /// the original of an image, changed in both tables.
     fn tracker_mark_dirty_blocks(&self, arg: usize) -> Result<isize> {
         let a: blk_snap_tracker_mark_dirty_blocks = read_arg(arg)?;
         let dev = dev_t(&a.dev_id)?;
@@ -328,6 +343,8 @@ impl Control {
         Ok(0)
     }
 
+    /// SNAPSHOT_CREATE: makes a snapshot of the given devices, tracking
+    /// those not tracked yet, and writes its id into the argument.
     fn snapshot_create(&self, arg: usize) -> Result<isize> {
         let a: blk_snap_snapshot_create = read_arg(arg)?;
         // A snapshot of no devices is no snapshot.
@@ -386,6 +403,7 @@ impl Control {
         Ok(0)
     }
 
+    /// SNAPSHOT_DESTROY: destroys a snapshot ([`Snapshot::destroy`]).
     fn snapshot_destroy(&self, arg: usize) -> Result<isize> {
         let a: blk_snap_snapshot_destroy = read_arg(arg)?;
         let mut state = self.state.lock();
@@ -400,6 +418,8 @@ impl Control {
         Ok(0)
     }
 
+    /// SNAPSHOT_APPEND_STORAGE: adds ranges to a snapshot's difference
+    /// storage.
     fn snapshot_append_storage(&self, arg: usize) -> Result<isize> {
         let a: blk_snap_snapshot_append_storage = read_arg(arg)?;
         let dev = dev_t(&a.dev_id)?;
@@ -413,6 +433,7 @@ impl Control {
         Ok(0)
     }
 
+    /// SNAPSHOT_TAKE: takes a snapshot ([`Snapshot::take`]).
     fn snapshot_take(&self, arg: usize) -> Result<isize> {
         let a: blk_snap_snapshot_take = read_arg(arg)?;
         let params = Params::current();
@@ -429,6 +450,7 @@ impl Control {
         Ok(0)
     }
 
+    /// SNAPSHOT_COLLECT: lists every snapshot's id ([`collect_reply`]).
     fn snapshot_collect(&self, arg: usize) -> Result<isize> {
         let a: blk_snap_snapshot_collect = read_arg(arg)?;
         let state = self.state.lock();
@@ -450,6 +472,8 @@ impl Control {
         )
     }
 
+    /// SNAPSHOT_COLLECT_IMAGES: lists a taken snapshot's images with their
+    /// originals ([`collect_reply`]).
     fn snapshot_collect_images(&self, arg: usize) -> Result<isize> {
         let a: blk_snap_snapshot_collect_images = read_arg(arg)?;
         let mut images = KVec::new();
@@ -486,6 +510,8 @@ impl Control {
         )
     }
 
+    /// SNAPSHOT_WAIT_EVENT: waits for a snapshot's next event and writes it
+    /// into the argument.
     fn snapshot_wait_event(&self, arg: usize) -> Result<isize> {
         let a: blk_snap_snapshot_event_head = read_arg(arg)?;
         let snapshot = self.state.lock().snapshot(&a.id)?.clone();

@@ -6,9 +6,11 @@
 //! one never allocates (it may happen on the I/O path). When the ring is
 //! full the oldest event is dropped: the newest state matters most.
 //!
-//! Locking: `inner` (a spinlock, taken with interrupts enabled: events are
-//! queued from process context and work items only) protects the ring and
-//! the closed flag; `wait` is signalled on every push and on close.
+//! Locking: `inner` (a spinlock, taken with interrupts enabled) protects the
+//! ring and the closed flag; `wait` is signalled on every push and on close.
+//! Events are queued from process context and work items, and in one case
+//! from the bio filter in the submitter's context: the `corrupted` event
+//! when a held-back write finds no memory for its work item.
 
 use crate::{cbt_map::copy_prefix, ring::Ring};
 use kernel::{
@@ -18,30 +20,32 @@ use kernel::{
     time::msecs_to_jiffies,
 };
 
-/// Events kept before the oldest is dropped.
+/// How many events a queue keeps before the oldest is dropped.
 const CAPACITY: usize = 64;
 
-/// Bytes of event data the UAPI events use.
+/// How many bytes of event data the UAPI's events use.
 pub(crate) const DATA_LEN: usize = 16;
 
-/// One event.
+/// One event, as SNAPSHOT_WAIT_EVENT reports it.
 #[derive(Clone, Copy)]
 pub(crate) struct Event {
-    /// `blk_snap_event_code_*`.
+    /// Its code, one of the UAPI's `blk_snap_event_code_*`.
     pub(crate) code: u32,
-    /// When it happened, ktime in nanoseconds.
+    /// When it happened, on the monotonic clock, in nanoseconds.
     pub(crate) time_ns: i64,
-    /// The start of the UAPI event body.
+    /// The start of the UAPI event's body (zero-padded).
     pub(crate) data: [u8; DATA_LEN],
 }
 
+/// What the queue's lock protects.
 struct Inner {
     /// `CAPACITY` slots, allocated at creation.
     ring: Ring<KVec<Event>>,
+    /// Set by [`EventQueue::close`]: no more events.
     closed: bool,
 }
 
-/// The queue of one snapshot.
+/// The event queue of one snapshot.
 #[pin_data]
 pub(crate) struct EventQueue {
     #[pin]
@@ -51,7 +55,7 @@ pub(crate) struct EventQueue {
 }
 
 impl EventQueue {
-    /// An empty queue with its ring allocated.
+    /// Creates an empty queue with its ring allocated.
     pub(crate) fn new() -> Result<impl PinInit<Self, Error>> {
         let empty = Event {
             code: 0,
@@ -69,7 +73,11 @@ impl EventQueue {
         }))
     }
 
-    /// Queues an event and wakes a waiter. Never allocates or sleeps.
+    /// Queues an event with `code` and the start of `data`, and wakes a
+    /// waiter.
+    ///
+    /// A full queue drops its oldest event; a closed one drops this one.
+    /// Never allocates or sleeps.
     pub(crate) fn push(&self, code: u32, data: &[u8]) {
         let mut event = Event {
             code,
@@ -87,8 +95,12 @@ impl EventQueue {
         self.wait.notify_one();
     }
 
-    /// Waits up to `timeout_ms` for an event. `ENOENT` on timeout, `EINTR`
-    /// on a signal, `ESRCH` once the snapshot is destroyed.
+    /// Takes the oldest event, waiting up to `timeout_ms` milliseconds for
+    /// one.
+    ///
+    /// Fails with `ENOENT` on timeout, `EINTR` on a signal and `ESRCH` once
+    /// the queue is closed ([`EventQueue::close`], when the snapshot is
+    /// destroyed).
     pub(crate) fn wait(&self, timeout_ms: u32) -> Result<Event> {
         let mut jiffies = msecs_to_jiffies(timeout_ms);
         let mut q = self.inner.lock();

@@ -1,13 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The bio filter: what every bio submitted on the system goes through
-//! before it reaches its device (see `sys::hook`).
+//! before it reaches its device (see [`crate::sys::hook`]).
 //!
-//! Untracked devices pay one RCU lookup in the tracker index (two for a
-//! partition). For a tracked
-//! device, writes, discards and write-zeroes mark change tracking; reads and
-//! flushes pass untouched. A bio sent to a partition of a tracked whole disk
-//! is tracked on the disk too. If the device is in a taken snapshot and the bio
+//! Reads, flushes and other bios that change no data pass untouched, with
+//! no lookup. A write, discard, secure erase or write-zeroes costs one RCU
+//! lookup in the tracker index (two for a partition: its own device and its
+//! whole disk), and marks change tracking where the device is tracked. A bio
+//! sent to a partition of a tracked whole disk is tracked on the disk too. If the device is in a taken snapshot and the bio
 //! changes a chunk whose original data is not stored yet, the bio is held
 //! back and handed to the module's workqueue, which copies the chunk and
 //! then passes the bio on. The filter runs with preemption disabled and
@@ -44,7 +44,7 @@ struct Held {
     sectors: u64,
 }
 
-/// The bio filter, as the bio hook sees it.
+/// The bio filter: the [`BioFilter`] the bio hook calls for every bio.
 pub(crate) struct Filter;
 
 impl BioFilter for Filter {
@@ -124,7 +124,8 @@ fn decide_for(
     })
 }
 
-/// Work item: copies what the held write needs, then passes it on.
+/// Copies what a held write needs, then passes it on (the work item of a
+/// held write, in a no-I/O allocation scope).
 fn copy_then_pass(held: Held) {
     let _noio = NoIo::enter();
     for (area, sector) in held.areas.iter().flatten() {

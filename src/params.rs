@@ -26,9 +26,10 @@ pub struct Spec {
     pub max: i32,
 }
 
-/// Largest shift for tracking blocks and chunks: 1 GiB.
+/// The largest shift for tracking blocks and chunks: 1 GiB.
 const MAX_SHIFT: i32 = 30;
-/// Largest block or chunk count per device: keeps tables under 256 MiB.
+/// The largest block or chunk count per device: keeps a change-tracking
+/// table at most 256 MiB.
 const MAX_COUNT: i32 = 1 << 28;
 
 macro_rules! params {
@@ -39,7 +40,7 @@ macro_rules! params {
             $($(#[$doc])* pub $field: i32,)*
         }
 
-        /// Every parameter, in the order `Params` lists them.
+        /// Every parameter, in the order [`Params`] lists them.
         pub const SPECS: [Spec; 9] = [
             $(Spec { name: stringify!($field), default: $default, min: $min, max: $max },)*
         ];
@@ -75,9 +76,11 @@ params! {
     chunk_maximum_shift: default 26, range 12, MAX_SHIFT;
     /// Chunk count above which the chunk size doubles.
     chunk_maximum_count: default 2_097_152, range 1, MAX_COUNT;
-    /// Chunks whose data may be held in memory at once.
+    /// Accepted as the reference does (its limit on chunks held in memory
+    /// at once); this module does not use it.
     chunk_maximum_in_cache: default 32, range 1, 65_536;
-    /// Difference buffers kept preallocated for reuse.
+    /// Accepted as the reference does (its pool of preallocated difference
+    /// buffers); this module does not use it.
     free_diff_buffer_pool_size: default 128, range 0, 65_536;
     /// Difference storage, in sectors, requested at create and kept free.
     diff_storage_minimum: default 2_097_152, range 8, i32::MAX;

@@ -6,19 +6,27 @@
 //! Image bios arrive in the block layer's submit path, where the module may
 //! not wait for I/O of its own. Reads that need no waiting go on to the
 //! device holding their data from there, whole when their chunks are alike
-//! (`DiffArea::read_fast`); the rest are split at chunk boundaries and go to
-//! the module's workqueue one chunk at a time, which serves them from the
-//! diff area (see `diff_area`). Images are writable: writes land in the
-//! difference storage.
+//! ([`DiffArea::read_fast`]); the rest are split at chunk boundaries and go
+//! to the module's workqueue one chunk at a time, which serves them from the
+//! diff area (see [`crate::diff_area`]). Images are writable: writes land in
+//! the difference storage.
 //!
-//! Locking: [`Minors`] has its own mutex, taken inside the control state
-//! mutex (never the other way round) and by the drop of an [`ImageHandle`]. The disk is removed (`del_gendisk`, which waits for callers of
-//! `submit_bio` to leave), then the reads sent on from the submit path are
-//! waited for, before its [`Image`] can be freed; bios queued for the
+//! Each image holds its minor as a [`Minor`], taken from the module's
+//! [`Minors`] (the lowest free one, by [`crate::minors::MinorMap`]) and
+//! given back when the image is dropped, after its disk is gone; so the
+//! images of a TAKE that fails give their minors back as they go.
+//!
+//! Locking: [`Minors`] has its own mutex, taken by [`ImageHandle::create`]
+//! and by the drop of an [`ImageHandle`], inside the control state mutex
+//! and the snapshot's image list mutex (never the other way round). When an
+//! image goes, its disk is removed (`del_gendisk`, which waits for callers
+//! of `submit_bio` to leave), then the reads sent on from the submit path
+//! are waited for, before its [`Image`] can be freed; bios queued for the
 //! worker hold a reference to the image.
 
 use crate::{
     diff_area::DiffArea,
+    minors::{MinorMap, Slots, TakeError},
     sys::{
         bio::Bio,
         disk::{image_disk, DiskOperations, ImageDisk, ImageMajor},
@@ -26,45 +34,50 @@ use crate::{
     },
 };
 use kernel::{
+    alloc::AllocError,
     new_mutex,
     prelude::*,
     str::CString,
     sync::{Arc, ArcBorrow, Mutex},
 };
 
-/// The image minors in use; new images get the lowest free one.
+/// The image minors in use, shared by the module's images; each new image
+/// gets the lowest free one.
 #[pin_data]
 pub(crate) struct Minors {
     #[pin]
-    used: Mutex<KVec<bool>>,
+    map: Mutex<MinorMap<KVec<bool>>>,
+}
+
+impl Slots for KVec<bool> {
+    type Error = AllocError;
+
+    fn push_free(&mut self) -> Result<(), AllocError> {
+        self.push(false, GFP_KERNEL)
+    }
 }
 
 impl Minors {
-    /// None in use.
+    /// Creates the set with no minor in use; any `u32` may be handed out.
     pub(crate) fn new() -> Result<Arc<Self>> {
         Arc::pin_init(
             pin_init!(Minors {
-                used <- new_mutex!(KVec::new(), "blksnap_minors"),
+                map <- new_mutex!(MinorMap::new(KVec::new(), u32::MAX), "blksnap_minors"),
             }),
             GFP_KERNEL,
         )
     }
 
-    /// Takes the lowest free minor; it is free again when the [`Minor`] is
-    /// dropped.
+    /// Takes the lowest free minor, which is free again when the returned
+    /// [`Minor`] is dropped.
+    ///
+    /// Fails with `ENOMEM` when the map cannot grow, and with `ENOSPC` when
+    /// every minor is in use.
     fn take(pool: &Arc<Self>) -> Result<Minor> {
-        let mut used = pool.used.lock();
-        let m = match used.iter().position(|used| !used) {
-            Some(m) => m,
-            None => {
-                used.push(false, GFP_KERNEL)?;
-                used.len() - 1
-            }
-        };
-        let number = u32::try_from(m).map_err(|_| ENOSPC)?;
-        if let Some(slot) = used.get_mut(m) {
-            *slot = true;
-        }
+        let number = pool.map.lock().take().map_err(|e| match e {
+            TakeError::Exhausted => ENOSPC,
+            TakeError::Grow(e) => Error::from(e),
+        })?;
         Ok(Minor {
             pool: pool.clone(),
             number,
@@ -72,7 +85,7 @@ impl Minors {
     }
 }
 
-/// One image minor in use; released on drop.
+/// One image minor in use, released when dropped.
 struct Minor {
     pool: Arc<Minors>,
     number: u32,
@@ -80,9 +93,7 @@ struct Minor {
 
 impl Drop for Minor {
     fn drop(&mut self) {
-        if let Some(slot) = self.pool.used.lock().get_mut(self.number as usize) {
-            *slot = false;
-        }
+        self.pool.map.lock().release(self.number);
     }
 }
 
@@ -91,8 +102,10 @@ pub(crate) struct Image {
     area: Arc<DiffArea>,
 }
 
-/// An image disk and its image, owned by the snapshot. Dropping it removes
-/// the disk, waits for the reads it sent on, then frees its minor.
+/// An image disk and its [`Image`], owned by the snapshot.
+///
+/// Dropping it removes the disk, waits for the reads it sent on, then frees
+/// its minor.
 pub(crate) struct ImageHandle {
     /// `None` only while dropping.
     disk: Option<ImageDisk<Image>>,
@@ -103,7 +116,13 @@ pub(crate) struct ImageHandle {
 }
 
 impl ImageHandle {
-    /// Creates `blksnap-image<minor>` for `area` with the lowest free minor.
+    /// Creates the disk `blksnap-image<minor>` for `area`, with the lowest
+    /// free minor of `minors` and a number of `major`.
+    ///
+    /// Fails with `ENOSPC` when every minor is in use, `EFBIG` when the
+    /// area's chunk is too large for a disk's limits, `ENOMEM` when memory
+    /// runs out, or with the error of the disk's creation; nothing is left
+    /// behind then (the minor is free again).
     pub(crate) fn create(
         area: Arc<DiffArea>,
         major: &ImageMajor,
@@ -130,7 +149,7 @@ impl ImageHandle {
         })
     }
 
-    /// The image's device number parts.
+    /// The image's device number, as its major and minor.
     pub(crate) fn dev(&self) -> (u32, u32) {
         (self.major, self.minor.number)
     }
@@ -156,9 +175,9 @@ impl DiskOperations for Image {
 
 image_disk!(Image);
 
-/// Called by the image disk for each bio (see `sys::disk`): reads go on
-/// to the device holding their data when that needs no waiting, everything
-/// else to the worker.
+/// Serves a bio of the image disk in its `submit_bio` (see
+/// [`crate::sys::disk`]): reads go on to the device holding their data when
+/// that needs no waiting, everything else goes to the worker.
 fn submit(image: ArcBorrow<'_, Image>, bio: Bio) {
     let Some(bio) = DiffArea::read_fast(image.area.as_arc_borrow(), bio) else {
         return;
@@ -185,7 +204,7 @@ fn submit(image: ArcBorrow<'_, Image>, bio: Bio) {
     }
 }
 
-/// Work item: serves an image bio.
+/// Serves an image bio on the workqueue, in a no-I/O allocation scope.
 fn serve(ib: ImageBio) {
     let _noio = NoIo::enter();
     ib.image.area.image_io(ib.bio);

@@ -5,7 +5,8 @@
 //!
 //! Locking: the control device's state mutex serializes create, take,
 //! append, collect and destroy, and membership of devices in snapshots;
-//! `taken` and `images` change only under it. TAKE freezes every filesystem
+//! `taken` and `images` change only under it (`images` also has a mutex of
+//! its own, for the readers). TAKE freezes every filesystem
 //! of the snapshot, then holds the take barrier for writing while it
 //! switches every device's change tracking and starts copy-on-write, so all
 //! devices switch at one point in time with respect to every write.
@@ -28,7 +29,7 @@ use kernel::{
     sync::{Arc, Mutex},
 };
 
-/// What TAKE needs from the module besides the snapshot.
+/// What [`Snapshot::take`] needs from the module besides the snapshot.
 pub(crate) struct TakeContext<'a> {
     /// The module's workqueue.
     pub(crate) queue: &'a Arc<CowQueue>,
@@ -38,7 +39,8 @@ pub(crate) struct TakeContext<'a> {
     pub(crate) minors: &'a Arc<Minors>,
 }
 
-/// One snapshot.
+/// One snapshot: its devices' trackers, its difference storage, its event
+/// queue and, once taken, one image per device.
 #[pin_data]
 pub(crate) struct Snapshot {
     id: [u8; 16],
@@ -52,8 +54,9 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    /// A snapshot of the devices of `trackers`, with its first
-    /// low_free_space event (asking for `diff_storage_minimum`) queued.
+    /// Creates a snapshot of the devices of `trackers`, with its first
+    /// low_free_space event (asking for [`Params::diff_storage_minimum`]
+    /// sectors) queued.
     pub(crate) fn new(trackers: KVec<Arc<Tracker>>, params: &Params) -> Result<Arc<Self>> {
         let events = Arc::pin_init(EventQueue::new()?, GFP_KERNEL)?;
         let minimum = u64::try_from(params.diff_storage_minimum).unwrap_or(0);
@@ -76,7 +79,7 @@ impl Snapshot {
         Ok(snapshot)
     }
 
-    /// The snapshot's id.
+    /// The snapshot's id, a random UUID.
     pub(crate) fn id(&self) -> &[u8; 16] {
         &self.id
     }
@@ -91,12 +94,13 @@ impl Snapshot {
         self.taken.load(Ordering::Acquire)
     }
 
-    /// The event queue.
+    /// The snapshot's event queue.
     pub(crate) fn events(&self) -> &EventQueue {
         &self.events
     }
 
-    /// SNAPSHOT_APPEND_STORAGE (see `Storage::append`).
+    /// Appends `ranges` of the device `dev` to the difference storage
+    /// (SNAPSHOT_APPEND_STORAGE; see [`Storage::append`]).
     pub(crate) fn append_storage(
         &self,
         dev: DevNum,
@@ -105,7 +109,8 @@ impl Snapshot {
         self.storage.append(dev, ranges)
     }
 
-    /// The (original, image) device numbers of every image.
+    /// Appends the original's and the image's device numbers of every image
+    /// to `out`.
     pub(crate) fn images(&self, out: &mut KVec<uapi::blk_snap_image_info>) -> Result {
         let images = self.images.lock();
         for image in images.iter() {
@@ -135,7 +140,14 @@ impl Snapshot {
             .map(|i| i.area().tracker().clone())
     }
 
-    /// SNAPSHOT_TAKE. `EALREADY` if taken before.
+    /// Takes the snapshot (SNAPSHOT_TAKE): every device switches its change
+    /// tracking and starts copy-on-write at one point in time, and gets an
+    /// image.
+    ///
+    /// Fails with `EALREADY` if taken before. On any other error (out of
+    /// memory or image minors, a device the parameters cannot size, a
+    /// failed freeze) the snapshot is as it was: nothing was switched, and
+    /// the images made so far are gone with their minors.
     pub(crate) fn take(&self, params: &Params, ctx: TakeContext<'_>) -> Result {
         if self.is_taken() {
             return Err(errno::ealready());
@@ -208,8 +220,10 @@ impl Snapshot {
         Ok(())
     }
 
-    /// SNAPSHOT_DESTROY: stops copy-on-write (held-back writes pass), fails
-    /// image I/O, removes the images, wakes every event waiter with `ESRCH`.
+    /// Destroys the snapshot (SNAPSHOT_DESTROY): stops copy-on-write
+    /// (held-back writes pass), fails image I/O, removes the images and
+    /// wakes every event waiter with `ESRCH`.
+    ///
     /// The trackers stay.
     pub(crate) fn destroy(&self) {
         // Without memory for this list, areas are dropped under the barrier

@@ -4,18 +4,21 @@
 //! change-tracking map.
 //!
 //! A tracker is created by the first SNAPSHOT_CREATE that names its device
-//! and lives until TRACKER_REMOVE or module unload. The [`Registry`] owns
-//! the list of trackers and indexes them by device number in the
-//! module's [`DevIndex`], which the bio filter searches without locks.
+//! (and removed again if that call fails) and lives until TRACKER_REMOVE or
+//! module unload. The [`Registry`] owns the list of trackers and indexes
+//! them by device number in the module's [`DevIndex`] ([`INDEX`]), which
+//! the bio filter searches without locks.
 //!
 //! Locking:
-//! * `Registry::inner` (a mutex) serializes every change to the set of
-//!   trackers and snapshots and every decision about membership.
+//! * The control device's state mutex, which the [`Registry`] lives under,
+//!   serializes every change to the set of trackers and snapshots and every
+//!   decision about membership.
 //! * `Tracker::cbt` (an IRQ-safe spinlock) protects the map and the
 //!   copy-on-write state; the filter takes it under the take barrier, so
 //!   TAKE (which holds the barrier for writing) switches maps and starts
 //!   copy-on-write at one point in time.
-//! * Order: registry mutex, then take barrier, then a tracker's map lock.
+//! * Order: control state mutex, then take barrier, then a tracker's map
+//!   lock.
 
 use crate::sys::compat::prelude::*;
 use crate::{
@@ -40,14 +43,15 @@ pub(crate) type Table = VVec<u8>;
 /// owns its entries.
 pub(crate) static INDEX: DevIndex<Tracker> = DevIndex::new();
 
-/// What a tracker's lock protects.
+/// What a tracker's lock protects: its change-tracking map and its
+/// copy-on-write state.
 pub(crate) struct TrackerState {
     map: CbtMap<Table>,
     /// Copy-on-write state while the device is in a taken snapshot.
     area: Option<Arc<DiffArea>>,
 }
 
-/// Change tracking of one device.
+/// The change tracking of one device, which it holds open.
 #[pin_data]
 pub(crate) struct Tracker {
     dev: DevNum,
@@ -62,7 +66,7 @@ impl Keyed for Tracker {
     }
 }
 
-/// Allocates two zeroed tables for `geometry`.
+/// Allocates the two zeroed tables of `geometry`.
 fn tables(geometry: &Geometry) -> Result<(Table, Table)> {
     let len = usize::try_from(geometry.blk_count).map_err(|_| EFBIG)?;
     Ok((
@@ -78,7 +82,7 @@ pub(crate) fn random_uuid() -> [u8; 16] {
     id
 }
 
-/// A fresh map for a device's current capacity.
+/// The parts of a new map for a device's current capacity.
 struct FreshMap {
     geometry: Geometry,
     active: Table,
@@ -86,6 +90,8 @@ struct FreshMap {
 }
 
 impl FreshMap {
+    /// Sizes and allocates a map for `capacity` sectors; `EFBIG` if the
+    /// parameters cannot cut the device into few enough blocks.
     fn new(capacity: u64, params: &Params) -> Result<Self> {
         let geometry = Geometry::new(capacity, params).map_err(|_| EFBIG)?;
         let (active, readable) = tables(&geometry)?;
@@ -114,12 +120,12 @@ impl Tracker {
         )
     }
 
-    /// Capacity in sectors now.
+    /// The device's capacity now, in sectors.
     pub(crate) fn capacity(&self) -> u64 {
         self.bdev.nr_sectors()
     }
 
-    /// The tracked device (`dev_t`).
+    /// The tracked device's number.
     pub(crate) fn dev(&self) -> DevNum {
         self.dev
     }
@@ -129,10 +135,12 @@ impl Tracker {
         &self.bdev
     }
 
-    /// Marks `sectors` changed by a write and
-    /// returns the copy-on-write state it may have to go through: none when
-    /// the device is in no taken snapshot or the chunks are known to be
-    /// settled. Called by the filter under the take barrier; never sleeps.
+    /// Marks `sectors` changed by a write and returns the copy-on-write
+    /// state it may have to go through.
+    ///
+    /// Returns none when the device is in no taken snapshot or the chunks
+    /// are known to be settled. Called by the filter under the take
+    /// barrier; never sleeps.
     pub(crate) fn mark(&self, sectors: Sectors) -> Option<Arc<DiffArea>> {
         let mut state = self.cbt.lock();
         state.map.mark(sectors);
@@ -143,13 +151,14 @@ impl Tracker {
             .cloned()
     }
 
-    /// MARK_DIRTY_BLOCKS and image writes: marks both tables.
+    /// Marks `sectors` changed in both tables (MARK_DIRTY_BLOCKS and image
+    /// writes; see [`CbtMap::mark_both`]).
     pub(crate) fn mark_dirty(&self, sectors: Sectors) {
         self.cbt.lock().map.mark_both(sectors);
     }
 
-    /// Attaches or detaches copy-on-write state; called with the take
-    /// barrier held for writing.
+    /// Attaches or detaches copy-on-write state and returns the state it
+    /// replaces; called with the take barrier held for writing.
     pub(crate) fn set_area(&self, area: Option<Arc<DiffArea>>) -> Option<Arc<DiffArea>> {
         core::mem::replace(&mut self.cbt.lock().area, area)
     }
@@ -174,13 +183,16 @@ impl Tracker {
         }
     }
 
-    /// Copies the readable table from byte `offset` into `out`.
+    /// Copies the readable table from byte `offset` into `out`; returns how
+    /// many bytes it copied (see [`CbtMap::read`]).
     pub(crate) fn read_cbt(&self, offset: usize, out: &mut [u8]) -> usize {
         self.cbt.lock().map.read(offset, out)
     }
 
-    /// Prepares TAKE: new tables if the capacity changed since the map was
-    /// made. Called before the barrier is taken, since it allocates.
+    /// Prepares [`Tracker::switch`]: new tables if the capacity changed
+    /// since the map was made, none otherwise.
+    ///
+    /// Called before the barrier is taken, since it allocates.
     pub(crate) fn prepare_switch(&self, params: &Params) -> Result<Option<PreparedSwitch>> {
         let capacity = self.bdev.nr_sectors();
         if capacity == self.cbt.lock().map.geometry().capacity {
@@ -189,9 +201,12 @@ impl Tracker {
         Ok(Some(PreparedSwitch(FreshMap::new(capacity, params)?)))
     }
 
-    /// TAKE, with the take barrier held for writing: resets the map if
-    /// `prepared` has new tables, then switches it. Returns the tables it
-    /// replaced, to be freed after the barrier is released.
+    /// Switches change tracking for TAKE, with the take barrier held for
+    /// writing.
+    ///
+    /// Resets the map if `prepared` has new tables, then switches it (see
+    /// [`CbtMap::switch`]). Returns the tables it replaced, to be freed after
+    /// the barrier is released.
     pub(crate) fn switch(
         &self,
         prepared: Option<PreparedSwitch>,
@@ -213,10 +228,10 @@ impl Tracker {
     }
 }
 
-/// New tables for TAKE, allocated outside the barrier.
+/// New tables for [`Tracker::switch`], allocated outside the barrier.
 pub(crate) struct PreparedSwitch(FreshMap);
 
-/// The set of trackers.
+/// The set of trackers, which owns the entries of [`INDEX`].
 pub(crate) struct Registry {
     trackers: KVec<Arc<Tracker>>,
     /// Every tracker of `trackers` is in the index.
@@ -224,7 +239,8 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    /// No trackers; owns [`INDEX`] (`EBUSY` if something else does).
+    /// Creates an empty registry, which owns [`INDEX`] (`EBUSY` if
+    /// something else does).
     pub(crate) fn new() -> Result<Self> {
         Ok(Registry {
             trackers: KVec::new(),
@@ -250,8 +266,10 @@ impl Registry {
         Ok(tracker)
     }
 
-    /// Stops tracking `dev`. `ENODEV` if it is not tracked. The caller has
-    /// checked that no snapshot holds it.
+    /// Stops tracking `dev`; `ENODEV` if it is not tracked.
+    ///
+    /// The caller has checked that no snapshot holds it. Sleeps (an RCU
+    /// grace period before the index lets go of the tracker).
     pub(crate) fn remove(&mut self, dev: DevNum) -> Result {
         let pos = self
             .trackers
@@ -268,7 +286,7 @@ impl Registry {
         self.trackers.iter()
     }
 
-    /// Number of trackers.
+    /// The number of trackers.
     pub(crate) fn len(&self) -> usize {
         self.trackers.len()
     }

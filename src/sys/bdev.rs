@@ -12,9 +12,9 @@
 use super::bindings;
 use kernel::{error::from_err_ptr, prelude::*};
 
-/// Largest major number a `dev_t` can carry.
+/// The largest major number a `dev_t` can carry.
 const MAJOR_MAX: u32 = (1 << 12) - 1;
-/// Largest minor number a `dev_t` can carry.
+/// The largest minor number a `dev_t` can carry.
 const MINOR_MAX: u32 = (1 << 20) - 1;
 
 /// A device number: the kernel's `dev_t` (`MKDEV(major, minor)`).
@@ -22,12 +22,12 @@ const MINOR_MAX: u32 = (1 << 20) - 1;
 pub(crate) struct DevNum(u32);
 
 impl DevNum {
-    /// The number of `major:minor`, or `None` if a part does not fit.
+    /// Makes the number of `major:minor`; `None` if a part does not fit.
     pub(crate) fn new(major: u32, minor: u32) -> Option<Self> {
         (major <= MAJOR_MAX && minor <= MINOR_MAX).then_some(DevNum((major << 20) | minor))
     }
 
-    /// A number as the kernel stores it (every `u32` is one).
+    /// Takes a number as the kernel stores it (every `u32` is one).
     pub(super) fn from_raw(dev: u32) -> Self {
         DevNum(dev)
     }
@@ -48,7 +48,7 @@ impl DevNum {
     }
 }
 
-/// An open block device.
+/// A block device the module holds open, shared (not claimed).
 ///
 /// # Invariants
 ///
@@ -67,8 +67,8 @@ unsafe impl Send for BlockDevice {}
 unsafe impl Sync for BlockDevice {}
 
 impl BlockDevice {
-    /// Opens the block device `dev` (a kernel `dev_t`) for reading.
-    /// `ENXIO`/`ENODEV` if there is none.
+    /// Opens the block device `dev` for reading; `ENXIO` or `ENODEV` if
+    /// there is none.
     pub(crate) fn open(dev: DevNum) -> Result<Self> {
         // SAFETY: no holder, no holder ops: a shared, non-exclusive open.
         let file = from_err_ptr(unsafe {
@@ -96,18 +96,19 @@ impl BlockDevice {
         unsafe { bindings::blksnap_bdev_io_min(self.bdev) }
     }
 
-    /// Which `block_device` this is, to compare with a bio's.
+    /// Which `block_device` this is, to compare with a bio's
+    /// ([`BioInfo::dev`](super::bio::BioInfo::dev)).
     pub(crate) fn identity(&self) -> super::bio::DevIdentity {
         super::bio::DevIdentity::of(self.bdev)
     }
 
-    /// The device number.
+    /// The device's number.
     pub(crate) fn dev(&self) -> DevNum {
         // SAFETY: `bdev` is valid while the file is open (invariant).
         DevNum(unsafe { bindings::blksnap_bdev_dev(self.bdev) })
     }
 
-    /// Capacity in sectors (0 once the disk is gone).
+    /// The device's capacity in sectors (0 once the disk is gone).
     pub(crate) fn nr_sectors(&self) -> u64 {
         // SAFETY: `bdev` is valid while the file is open (invariant).
         unsafe { bindings::blksnap_bdev_nr_sectors(self.bdev) }
@@ -128,7 +129,7 @@ impl Drop for BlockDevice {
     }
 }
 
-/// A device frozen by [`BlockDevice::freeze`]; thawed on drop.
+/// A device frozen by [`BlockDevice::freeze`], thawed when dropped.
 pub(crate) struct Frozen<'a> {
     bdev: &'a BlockDevice,
 }

@@ -1,8 +1,17 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! What the bio filter sees of a bio, read once by the C shim.
+//! Bios as the module handles them: what the filter reads of a submitted bio
+//! ([`BioInfo`], read once by the C shim), a bio inside the submit call the
+//! hook intercepted ([`Submitted`]), a bio the module holds until it passes
+//! it on or ends it ([`Bio`]), its redirection to another device through a
+//! clone ([`Bio::redirect`], whose completion goes to [`RedirectDone`]), and
+//! the module's own page I/O ([`pages_io`]).
 //!
-//! Locking: none; a snapshot of the bio's fields at submission.
+//! Locking: none of its own. A [`BioInfo`] is a copy of the bio's fields at
+//! submission; a redirected clone holds references to its target and device
+//! until its completion releases them; the bios of one [`pages_io`] call
+//! count themselves down with atomics, and the last completion wakes the
+//! caller.
 
 use super::{
     bdev::{BlockDevice, DevNum},
@@ -30,6 +39,7 @@ pub(crate) enum Op {
 pub(crate) struct DevIdentity(usize);
 
 impl DevIdentity {
+    /// The identity of `bdev`.
     pub(super) fn of(bdev: *const bindings::block_device) -> Self {
         DevIdentity(bdev as usize)
     }
@@ -74,12 +84,12 @@ impl BioInfo {
         super::sectors::Sectors::new(self.0.sector, self.sectors())
     }
 
-    /// Length in sectors.
+    /// The bio's length in sectors.
     pub(crate) fn sectors(&self) -> u64 {
         self.0.sectors.into()
     }
 
-    /// What the bio does.
+    /// What the bio does, as far as change tracking cares.
     pub(crate) fn op(&self) -> Op {
         match self.0.op {
             bindings::REQ_OP_WRITE
@@ -97,7 +107,7 @@ impl BioInfo {
 pub(crate) struct Submitted(core::ptr::NonNull<bindings::bio>);
 
 impl Submitted {
-    /// `bio`, inside the submit call the hook intercepted.
+    /// Wraps `bio`, inside the submit call the hook intercepted.
     ///
     /// # Safety
     ///
@@ -120,9 +130,10 @@ impl Submitted {
     }
 }
 
-/// A bio the module holds: one submitted to a tracked device and held back
-/// until its chunks are copied, or one submitted to a snapshot image. It
-/// must be passed on or ended exactly once; dropping it without either
+/// A bio the module holds: one the filter took over ([`Submitted::take`]),
+/// or one given to an image disk's `submit_bio`.
+///
+/// It must be passed on or ended exactly once; dropping it without either
 /// would hang its submitter, so `Drop` ends it with an I/O error.
 pub(crate) struct Bio(core::ptr::NonNull<bindings::bio>);
 
@@ -147,15 +158,18 @@ impl Bio {
         unsafe { BioInfo::read(self.0.as_ptr()) }
     }
 
-    /// Whether the bio writes data (as opposed to reading it).
+    /// Whether the bio changes data (a write, discard, secure erase or
+    /// write-zeroes) rather than reading it.
     pub(crate) fn is_write(&self) -> bool {
         self.info().op() == Op::Change
     }
 
-    /// For a bio of an image disk, inside its `submit_bio`: splits off the
-    /// first `sectors` (fewer than the bio has) as a bio of their own, and
-    /// submits the rest again (the disk gets it after this call). Gives the
-    /// bio back if it cannot be split.
+    /// Splits off the first `sectors` (fewer than the bio has) as a bio of
+    /// their own, and submits the rest again.
+    ///
+    /// Only for a bio of an image disk, inside its `submit_bio`: the disk
+    /// gets the rest after this call. Gives the bio back if it cannot be
+    /// split.
     pub(crate) fn split_front(self, sectors: u64) -> core::result::Result<Bio, Bio> {
         let Ok(sectors) = u32::try_from(sectors) else {
             return Err(self);
@@ -192,8 +206,10 @@ impl Bio {
         unsafe { bindings::blksnap_bio_end(bio.0.as_ptr(), err) };
     }
 
-    /// Does the bio's I/O on `bdev` at `sector` instead, and waits: a clone
-    /// shares the bio's pages. Sleeps.
+    /// Does the bio's I/O on `bdev` at `sector` instead, through a clone
+    /// sharing its pages, and waits for it.
+    ///
+    /// Sleeps. The bio itself stays held: the caller ends it.
     pub(crate) fn redirect_wait(
         &self,
         bdev: &super::bdev::BlockDevice,
@@ -215,9 +231,10 @@ impl Bio {
 
 /// What the completion of a bio sent on by [`Bio::redirect`] reports to.
 pub(crate) trait RedirectDone: Send + Sync {
-    /// The result the original bio ends with, given its clone's `result`
-    /// and the `tag` given to [`Bio::redirect`]. Called in any context,
-    /// interrupts included: must not sleep.
+    /// Returns the result the original bio ends with, given its clone's
+    /// `result` and the `tag` given to [`Bio::redirect`].
+    ///
+    /// Called in any context, interrupts included: must not sleep.
     fn redirect_done(&self, tag: u64, result: kernel::error::Result) -> kernel::error::Result;
 }
 
@@ -234,6 +251,7 @@ pub(crate) enum Via<T> {
 impl Bio {
     /// Sends the bio's I/O to the device `via` names, at `sector`, through
     /// a clone sharing its pages, without waiting and without sleeping.
+    ///
     /// The clone holds a reference to `to` (and to the device, for
     /// [`Via::Device`]) until it completes; then, in any context, `to`'s
     /// [`RedirectDone::redirect_done`] turns its result into the bio's, the
@@ -335,9 +353,13 @@ impl Drop for Bio {
 /// order).
 #[derive(Clone, Copy)]
 pub(crate) struct PageIo<'a> {
+    /// The device, held open by the caller.
     pub(crate) bdev: &'a super::bdev::BlockDevice,
+    /// The first sector on it.
     pub(crate) sector: u64,
+    /// How many sectors.
     pub(crate) sectors: u64,
+    /// The memory: at least `sectors` worth of pages.
     pub(crate) pages: &'a [kernel::page::Page],
 }
 
@@ -350,13 +372,16 @@ struct PageUnit<'a> {
     page: &'a kernel::page::Page,
 }
 
+/// How many sectors a page holds.
 const PAGE_SECTORS: u64 = (kernel::page::PAGE_SIZE / 512) as u64;
 
-/// Reads or writes every piece of `ios` with the module's own bios, all
-/// submitted before any is waited for; pieces that continue each other on
-/// one device share bios. Sleeps. `EINVAL` (and no I/O) if a piece has too
-/// few pages; otherwise `ENOMEM` or the first I/O error, once every bio
-/// submitted has completed.
+/// Reads (or, with `write`, writes) every piece of `ios` with the module's
+/// own bios, and waits for them all.
+///
+/// Every bio is submitted before any is waited for; pieces that continue
+/// each other on one device share bios. Sleeps. Fails with `EINVAL` (and no
+/// I/O) if a piece has too few pages; otherwise with `ENOMEM` or the first
+/// I/O error, once every bio submitted has completed.
 pub(crate) fn pages_io<'a, I>(ios: I, write: bool) -> kernel::error::Result
 where
     I: Iterator<Item = PageIo<'a>> + Clone,

@@ -96,8 +96,8 @@ macro_rules! lock_backend_extras {
 }
 pub(crate) use lock_backend_extras;
 
-/// The user memory at `addr`, `len` bytes long (not checked until read or
-/// written).
+/// Makes the `UserSlice` of the user memory at `addr`, `len` bytes long
+/// (not checked until read or written).
 pub(crate) fn user_slice(addr: usize, len: usize) -> UserSlice {
     #[cfg(not(kernel_7))]
     let ptr = addr;
@@ -106,7 +106,7 @@ pub(crate) fn user_slice(addr: usize, len: usize) -> UserSlice {
     UserSlice::new(ptr, len)
 }
 
-/// Element removal for kernel vectors.
+/// Element removal for kernel vectors that 6.12's `Vec` lacks.
 pub(crate) trait VecExt<T> {
     /// Removes and returns the last element.
     #[cfg(not(kernel_7))]

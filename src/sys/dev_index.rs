@@ -14,10 +14,10 @@
 //! for an RCU grace period and only then drops the reference, so a lookup
 //! never sees a freed object.
 //!
-//! Entries come and go only through the index's one [`IndexOwner`], whose
-//! `&mut self` serializes insertions and removals (the tracker registry
-//! holds it, under the control mutex); the xarray's own lock serializes its
-//! updates. Lookups need no lock.
+//! Locking: entries come and go only through the index's one
+//! [`IndexOwner`], whose `&mut self` serializes insertions and removals
+//! (its holder keeps it under a mutex of its own); the xarray's own lock
+//! serializes its updates. Lookups need no lock.
 
 use super::{bdev::DevNum, bindings, sync::PreemptOff};
 use core::{
@@ -37,7 +37,7 @@ pub(crate) trait Keyed {
     fn key(&self) -> DevNum;
 }
 
-/// Slots of the front table (a power of two).
+/// How many slots the front table has (a power of two).
 const SLOTS: usize = 64;
 
 /// The front slot of device number `dev` (`major << 20 | minor`): the
@@ -47,7 +47,7 @@ fn slot_of(dev: DevNum) -> usize {
     ((dev ^ (dev >> 20).wrapping_mul(0x9e37)) as usize) % SLOTS
 }
 
-/// The index of `T` by device number.
+/// The index of `T` by device number, with lock-free lookups.
 ///
 /// # Invariants
 ///
@@ -63,7 +63,7 @@ pub(crate) struct DevIndex<T: Keyed + Send + Sync> {
 }
 
 impl<T: Keyed + Send + Sync> DevIndex<T> {
-    /// An empty index (for a `static`); entries come through its
+    /// Creates an empty index (for a `static`); entries come through its
     /// [`IndexOwner`].
     pub(crate) const fn new() -> Self {
         // INVARIANT: no owner, no entries.
@@ -74,9 +74,11 @@ impl<T: Keyed + Send + Sync> DevIndex<T> {
         }
     }
 
-    /// The one owner of the index, which alone adds and removes entries:
-    /// `EBUSY` while an owner (of this or any other index: they share the
-    /// shim's xarray) exists.
+    /// Makes the one owner of the index, which alone adds and removes
+    /// entries.
+    ///
+    /// Fails with `EBUSY` while an owner (of this or any other index: they
+    /// share the shim's xarray) exists.
     pub(crate) fn own(&'static self) -> Result<IndexOwner<T>> {
         OWNED
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
@@ -90,6 +92,7 @@ impl<T: Keyed + Send + Sync> DevIndex<T> {
         })
     }
 
+    /// The shim's xarray behind every index.
     fn xa() -> *mut bindings::xarray {
         core::ptr::addr_of_mut!(bindings::blksnap_tracker_index)
     }
@@ -134,7 +137,7 @@ impl<T: Keyed + Send + Sync> DevIndex<T> {
 /// Whether an [`IndexOwner`] exists.
 static OWNED: AtomicBool = AtomicBool::new(false);
 
-/// The one owner of a [`DevIndex`]: adds and removes its entries.
+/// The one owner of a [`DevIndex`], which adds and removes its entries.
 ///
 /// # Invariants
 ///

@@ -21,7 +21,8 @@ use kernel::{
     sync::{Arc, ArcBorrow},
 };
 
-/// What an image disk does with its bios.
+/// What an image disk does with its bios, implemented by the data type
+/// that [`image_disk!`] names.
 pub(crate) trait DiskOperations: Send + Sync + Sized {
     /// Serves `bio`, in the block layer's submit path (it may not wait for
     /// I/O of its own): passes it on, ends it, or hands it to a worker.
@@ -42,11 +43,13 @@ pub(crate) unsafe trait ImageDiskData: DiskOperations {}
 /// Once per module.
 macro_rules! image_disk {
     ($data:ty) => {
-        /// The image disks' `submit_bio` (see `sys::disk`).
+        /// The image disks' `submit_bio` (see
+        /// [`sys::disk::submit_bio`](crate::sys::disk::submit_bio)).
         ///
         /// # Safety
         ///
-        /// As for `sys::disk::submit_bio`; only the block layer calls it.
+        /// As for [`sys::disk::submit_bio`](crate::sys::disk::submit_bio);
+        /// only the block layer calls it.
         #[no_mangle]
         unsafe extern "C" fn blksnap_image_submit_bio(bio: *mut $crate::sys::disk::RawBio) {
             // SAFETY: the caller's guarantee, passed on.
@@ -63,11 +66,11 @@ pub(crate) use image_disk;
 /// The C `struct bio`, as the disks' `submit_bio` receives it.
 pub(crate) type RawBio = bindings::bio;
 
-/// The dynamic block major of all image disks.
+/// The dynamic block major of all image disks, unregistered when dropped.
 pub(crate) struct ImageMajor(u32);
 
 impl ImageMajor {
-    /// Registers `blksnap-image` as a block major.
+    /// Registers `blksnap-image` as a block major with a dynamic number.
     pub(crate) fn register() -> Result<Self> {
         // SAFETY: the name is a static C string; `Drop` unregisters.
         let major = unsafe { bindings::blksnap_register_blkdev() };
@@ -89,7 +92,8 @@ impl Drop for ImageMajor {
     }
 }
 
-/// One image disk, `/dev/<name>`, serving its bios with `T`.
+/// One image disk, `/dev/<name>`, serving its bios with `T`, removed when
+/// dropped.
 ///
 /// # Invariants
 ///
@@ -109,8 +113,12 @@ unsafe impl<T: ImageDiskData> Send for ImageDisk<T> {}
 unsafe impl<T: ImageDiskData> Sync for ImageDisk<T> {}
 
 impl<T: ImageDiskData> ImageDisk<T> {
-    /// Creates and adds the disk. Its bios go to `T::submit_bio(data, ..)`
-    /// until it is dropped.
+    /// Creates and adds the disk `name` with the number `major:minor`, of
+    /// `capacity` sectors, whose bios go to `T::submit_bio(data, ..)` until
+    /// it is dropped.
+    ///
+    /// The disk's bios are at most `chunk_sectors` or 1 MiB long, whichever
+    /// is larger.
     pub(crate) fn create(
         major: &ImageMajor,
         minor: u32,
@@ -151,8 +159,9 @@ impl<T: ImageDiskData> Drop for ImageDisk<T> {
     }
 }
 
-/// What the image disks' `submit_bio` does, for the data type `T` that
-/// [`image_disk!`] named.
+/// Serves a bio of an image disk for the data type `T` that [`image_disk!`]
+/// named: splits it to the disk's limits, then hands it to `T`'s
+/// [`DiskOperations::submit_bio`].
 ///
 /// # Safety
 ///

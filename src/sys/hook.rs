@@ -17,7 +17,7 @@
 use super::{bindings, bio::Submitted, sync::PreemptOff};
 use kernel::{error::to_result, prelude::*};
 
-/// The installed hook; removed on drop.
+/// The installed bio hook, removed when dropped.
 pub(crate) struct BioHook(());
 
 impl BioHook {
@@ -39,7 +39,8 @@ impl Drop for BioHook {
     }
 }
 
-/// What the bio hook hands every bio to: the module's bio filter.
+/// What the bio hook hands every bio to, implemented by the module's bio
+/// filter and named by [`bio_filter!`].
 pub(crate) trait BioFilter {
     /// Called for every bio submitted from outside the module, in the
     /// submitter's context with preemption disabled: gives the bio back to
@@ -57,7 +58,8 @@ macro_rules! bio_filter {
         ///
         /// # Safety
         ///
-        /// As for `sys::hook::enter`; only the shim's ftrace handler calls it.
+        /// As for [`sys::hook::enter`](crate::sys::hook::enter); only the
+        /// shim's ftrace handler calls it.
         #[no_mangle]
         unsafe extern "C" fn blksnap_bio_filter(bio: *mut $crate::sys::hook::RawBio) -> bool {
             // SAFETY: the caller's guarantee, passed on.
@@ -70,8 +72,8 @@ pub(crate) use bio_filter;
 /// The C `struct bio`, as the hook's entry receives it.
 pub(crate) type RawBio = bindings::bio;
 
-/// What the hook's entry does for `submit_bio_noacct(bio)`: whether `F`
-/// took the bio over.
+/// Runs `F`'s filter for `submit_bio_noacct(bio)`, the work of the hook's
+/// entry, and returns whether it took the bio over.
 ///
 /// # Safety
 ///

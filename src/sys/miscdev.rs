@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! A registered misc character device whose ioctls reach a Rust handler.
+//! [`MiscDevice`]: a registered misc character device whose ioctls reach a
+//! Rust handler, the [`FileOps`] it owns.
 //!
 //! [`MiscDevice`] owns the `struct miscdevice`, its `file_operations` and the
 //! handler in one heap allocation that does not move from registration until
@@ -21,11 +22,12 @@ use kernel::{
     ThisModule,
 };
 
-/// What a misc device does with the calls made on its open files.
+/// What a [`MiscDevice`] does with the calls made on its open files.
 pub(crate) trait FileOps: Sync + Sized {
-    /// Handles `ioctl(2)`: the command number and the untyped argument (a user
-    /// address for every command of this interface). The value is the
-    /// syscall's non-negative result.
+    /// Handles `ioctl(2)` with command `cmd` and the untyped argument `arg`.
+    ///
+    /// `arg` is a user address for every command of this interface. The
+    /// value is the syscall's non-negative result.
     fn ioctl(&self, cmd: u32, arg: usize) -> Result<isize>;
 }
 
@@ -38,7 +40,8 @@ struct Inner<T> {
     handler: T,
 }
 
-/// A misc device registered with the kernel, named `/dev/<name>`.
+/// A misc device registered with the kernel, named `/dev/<name>`, and its
+/// handler; deregistered when dropped.
 ///
 /// # Invariants
 ///
@@ -55,7 +58,8 @@ unsafe impl<T: FileOps + Send> Send for MiscDevice<T> {}
 unsafe impl<T: FileOps> Sync for MiscDevice<T> {}
 
 impl<T: FileOps> MiscDevice<T> {
-    /// Registers `/dev/<name>` with the given permission bits and handler.
+    /// Registers `/dev/<name>` with the permission bits `mode`, owned by
+    /// `module`, whose ioctls go to `handler`.
     pub(crate) fn register(
         name: &'static CStr,
         mode: u16,

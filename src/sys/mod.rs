@@ -1,13 +1,19 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The boundary to the kernel's C API.
+//! The boundary to the kernel's C API, which knows nothing of snapshots.
 //!
-//! Everything `unsafe` lives below this module: the bindings bindgen
-//! generates at build time for what the `kernel` crate lacks, the C shim's
-//! entry points, and the safe types built on them (a registered misc device,
-//! the module parameters, an open block device, the bio hook, locks the
-//! `kernel` crate lacks, the device index). The rest of the module uses only
-//! these safe types. Facts that differ between kernel lines belong here too.
+//! Everything `unsafe` lives below this module, but for the plain-data
+//! `unsafe impl`s of the UAPI types (`scripts/check-layers.sh` checks it):
+//! the bindings bindgen generates at build time for what the `kernel` crate
+//! lacks, the C shim's entry points, and the safe types built on them (an
+//! open block device, bios and their redirection, the image disks, the bio
+//! hook, a registered misc device, the module parameters, locks the
+//! `kernel` crate lacks, the device index, work items). The rest of the
+//! module uses only these safe types, and where this layer calls back into
+//! it, it does so through traits the module implements ([`hook::BioFilter`],
+//! [`disk::DiskOperations`], [`bio::RedirectDone`], [`miscdev::FileOps`]);
+//! no file here names a module above it. Facts that differ between kernel
+//! lines belong here too ([`compat`]).
 //!
 //! Locking: none of its own; each submodule documents its rules.
 
@@ -59,17 +65,17 @@ pub(crate) mod errno {
     use super::bindings;
     use kernel::error::Error;
 
-    /// `ENODATA`: a collect array is too small.
+    /// `ENODATA`: no data available.
     pub(crate) fn enodata() -> Error {
         Error::from_errno(-(bindings::ENODATA as i32))
     }
 
-    /// `EALREADY`: already taken, or already in a snapshot.
+    /// `EALREADY`: the operation was done already.
     pub(crate) fn ealready() -> Error {
         Error::from_errno(-(bindings::EALREADY as i32))
     }
 
-    /// `EOVERFLOW`: a count does not fit the UAPI field.
+    /// `EOVERFLOW`: a value does not fit the field it goes in.
     pub(crate) fn eoverflow() -> Error {
         Error::from_errno(-(bindings::EOVERFLOW as i32))
     }
@@ -103,16 +109,18 @@ pub(crate) fn generate_random_uuid(id: &mut [u8; 16]) {
     unsafe { bindings::generate_random_uuid(id.as_mut_ptr()) }
 }
 
-/// While alive, allocations of this task do no I/O (`memalloc_noio_save`):
-/// the copy-on-write path runs under one, so no allocation there can recurse
-/// into the I/O it is serving.
+/// A scope in which the current task's allocations do no I/O
+/// (`memalloc_noio_save`), until it is dropped.
+///
+/// Work that serves I/O runs in one, so no allocation there can recurse into
+/// the I/O it is serving.
 pub(crate) struct NoIo {
     flags: kernel::ffi::c_uint,
     _not_send: core::marker::PhantomData<*mut ()>,
 }
 
 impl NoIo {
-    /// Enters the scope.
+    /// Enters the scope; dropping the value leaves it.
     pub(crate) fn enter() -> Self {
         // SAFETY: always allowed; the guard restores the flags.
         let flags = unsafe { bindings::blksnap_noio_save() };
@@ -130,8 +138,8 @@ impl Drop for NoIo {
     }
 }
 
-/// The bio set the module's own bios come from; exists while the value
-/// does.
+/// The bio set the module's own bios come from, which exists while the
+/// value does.
 pub(crate) struct BioSet(());
 
 impl BioSet {
@@ -151,8 +159,8 @@ impl Drop for BioSet {
     }
 }
 
-/// The module's workqueue for copy-on-write and image I/O
-/// (`WQ_MEM_RECLAIM`: it serves writeback). Drained and destroyed on drop.
+/// The module's workqueue (per-CPU, `WQ_MEM_RECLAIM`: the work on it serves
+/// writeback), drained and destroyed when dropped.
 pub(crate) struct CowQueue(*mut bindings::workqueue_struct);
 
 // SAFETY: workqueues are used from any thread.
@@ -177,17 +185,20 @@ impl CowQueue {
         unsafe { bindings::__flush_workqueue(self.0) };
     }
 
-    /// The queue, to spawn work on.
+    /// The queue as the `kernel` crate's [`Queue`](kernel::workqueue::Queue),
+    /// to spawn work on.
     pub(crate) fn queue(&self) -> &kernel::workqueue::Queue {
         // SAFETY: valid until `Drop`, which outlives `&self`.
         unsafe { kernel::workqueue::Queue::from_raw(self.0.cast()) }
     }
 }
 
-/// The module's own reference to its workqueue. Dropped after the bio hook
-/// is gone, it first waits for every queued work item: those hold
-/// references to the queue too, and the last reference must not be dropped
-/// by a work item of the queue itself.
+/// The module's own reference to its workqueue, which waits for every
+/// queued work item when dropped.
+///
+/// Dropped after the bio hook is gone, it waits first because work items
+/// hold references to the queue too, and the last reference must not be
+/// dropped by a work item of the queue itself.
 pub(crate) struct QueueGuard(pub(crate) kernel::sync::Arc<CowQueue>);
 
 impl Drop for QueueGuard {

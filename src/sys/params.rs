@@ -73,7 +73,8 @@ pub(crate) use int_params;
 pub(crate) type RawParam = bindings::kernel_param;
 
 /// Parses `val` as an `int`, checks it with `check` (given the parameter's
-/// name) and stores it; returns 0 or `-EINVAL`.
+/// name) and stores it; returns 0, or `-EINVAL` (logged) for a value that is
+/// no integer or fails the check.
 ///
 /// # Safety
 ///

@@ -26,7 +26,8 @@ use core::{
 };
 use kernel::{ffi::c_ulong, sync::lock::Backend};
 
-/// Backend of [`IrqSpinLock`]: `spin_lock_irqsave`/`spin_unlock_irqrestore`.
+/// The backend of [`IrqSpinLock`]: `spin_lock_irqsave` and
+/// `spin_unlock_irqrestore`.
 pub(crate) struct IrqSpinLockBackend;
 
 /// A spinlock taken with local interrupts disabled.
@@ -73,16 +74,21 @@ unsafe impl Backend for IrqSpinLockBackend {
     super::compat::lock_backend_extras!();
 }
 
-/// The module-wide take barrier (see the module documentation).
+/// The module-wide take barrier (see the module documentation): held for
+/// reading by the bio filter ([`TakeBarrier::read`]), for writing by a
+/// switch once announced ([`TakeBarrier::announce`],
+/// [`TakeAnnounced::write`]).
 pub(crate) struct TakeBarrier;
 
-/// Switches announced and not over ([`TakeAnnounced`] values alive). While
-/// it is zero, the filter takes no lock: a switch raises it, then waits for
+/// How many switches are announced and not over ([`TakeAnnounced`] values
+/// alive).
+///
+/// While it is zero, the filter takes no lock: a switch raises it, then waits for
 /// an RCU grace period before taking the lock for writing, so by then every
 /// filter that saw zero has finished, and every later one takes the lock.
 static ANNOUNCED: AtomicUsize = AtomicUsize::new(0);
 
-/// The barrier held for reading; released on drop.
+/// The barrier held for reading, released when dropped.
 pub(crate) struct TakeReadGuard {
     /// `None` on the fast path: no switch was announced, none can happen
     /// before the caller re-enables preemption.
@@ -91,10 +97,11 @@ pub(crate) struct TakeReadGuard {
     _not_send: PhantomData<*mut ()>,
 }
 
-/// A switch announced: until dropped, the filter takes the barrier's lock.
+/// A switch announced: until it is dropped, the filter takes the barrier's
+/// lock.
 pub(crate) struct TakeAnnounced(());
 
-/// The barrier held for writing; released on drop.
+/// The barrier held for writing, released when dropped.
 pub(crate) struct TakeWriteGuard<'a> {
     flags: c_ulong,
     _announced: PhantomData<&'a TakeAnnounced>,
@@ -102,7 +109,8 @@ pub(crate) struct TakeWriteGuard<'a> {
 }
 
 impl TakeBarrier {
-    /// Takes the barrier for reading: no TAKE switches while it is held.
+    /// Takes the barrier for reading: no switch happens while it is held.
+    ///
     /// Only for the bio filter, which runs with preemption disabled: while
     /// no switch is announced, that alone keeps switches out (they wait
     /// for an RCU grace period after announcing), and no lock is taken.
@@ -121,9 +129,11 @@ impl TakeBarrier {
         }
     }
 
-    /// Announces a switch: returns once every filter call either sees the
-    /// announcement (and takes the lock) or has finished. Sleeps (one RCU
-    /// grace period), so it comes before anything that must be quick.
+    /// Announces a switch, and returns once every filter call either sees
+    /// the announcement (and takes the lock) or has finished.
+    ///
+    /// Sleeps (one RCU grace period), so it comes before anything that must
+    /// be quick.
     pub(crate) fn announce() -> TakeAnnounced {
         ANNOUNCED.fetch_add(1, Ordering::SeqCst);
         // Process context (ioctls): may sleep.
@@ -133,8 +143,10 @@ impl TakeBarrier {
 }
 
 impl TakeAnnounced {
-    /// Takes the barrier for writing: no bio is between its filter decision
-    /// and its submission while it is held. Must not sleep while held.
+    /// Takes the barrier for writing: while it is held, no bio is between
+    /// its filter decision and its submission.
+    ///
+    /// The holder must not sleep.
     pub(crate) fn write(&self) -> TakeWriteGuard<'_> {
         // SAFETY: as in `TakeBarrier::read`.
         let flags = unsafe { bindings::blksnap_take_write_lock() };
@@ -172,14 +184,16 @@ impl Drop for TakeWriteGuard<'_> {
 }
 
 /// Proof that the code holding it runs with preemption disabled, for as
-/// long as it is held: nothing may sleep, and it is an RCU read-side
-/// critical section (an RCU grace period waits for it to end).
+/// long as it is held.
+///
+/// Nothing may sleep then, and it is an RCU read-side critical section (an
+/// RCU grace period waits for it to end).
 pub(crate) struct PreemptOff {
     _not_send: PhantomData<*mut ()>,
 }
 
 impl PreemptOff {
-    /// The proof, from a caller that knows.
+    /// Makes the proof, for a caller that knows preemption is disabled.
     ///
     /// # Safety
     ///

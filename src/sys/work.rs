@@ -18,6 +18,7 @@ use kernel::{
     workqueue::{Queue, Work, WorkItem},
 };
 
+/// A work item with its payload and the function to run on it.
 #[pin_data]
 struct Job<T> {
     #[pin]
@@ -31,6 +32,7 @@ impl_has_work! {
 }
 
 impl<T> Job<T> {
+    /// Takes the payload out of the pinned job.
     fn take(self: Pin<&mut Self>) -> Option<T> {
         // SAFETY: `payload` is not structurally pinned.
         unsafe { self.get_unchecked_mut().payload.take() }
@@ -52,7 +54,7 @@ impl<T> WorkItem for Job<T> {
 pub(crate) struct Slot<T: Send + 'static>(Pin<KBox<Job<T>>>);
 
 impl<T: Send + 'static> Slot<T> {
-    /// Allocates a work item with `flags`.
+    /// Allocates a work item with `flags`; `ENOMEM` if there is no memory.
     pub(crate) fn new(flags: Flags) -> Result<Self> {
         let slot = KBox::<Job<T>>::new_uninit(flags)?;
         let job = slot.write_pin_init(pin_init!(Job {
@@ -77,8 +79,8 @@ impl<T: Send + 'static> Slot<T> {
     }
 }
 
-/// Queues `run(payload)` on `queue`, allocating with `flags`; on allocation
-/// failure returns the payload untouched.
+/// Queues `run(payload)` on `queue`, allocating with `flags`; gives the
+/// payload back untouched if the work item cannot be allocated.
 pub(crate) fn spawn<T: Send + 'static>(
     queue: &Queue,
     flags: Flags,

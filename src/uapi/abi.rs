@@ -17,80 +17,80 @@ const fn blk_snap_ioc(dir: u32, nr: u32, size: usize) -> u32 {
     (dir << 30) | ((size as u32) << 16) | ((BLK_SNAP as u32) << 8) | nr
 }
 
-/// `IOCTL_BLK_SNAP_VERSION`.
+/// The number of `IOCTL_BLK_SNAP_VERSION`: get the module's version.
 pub const IOCTL_BLK_SNAP_VERSION: u32 = blk_snap_ioc(
     IOC_WRITE,
     blk_snap_ioctl_version,
     core::mem::size_of::<blk_snap_version>(),
 );
-/// `IOCTL_BLK_SNAP_TRACKER_REMOVE`.
+/// The number of `IOCTL_BLK_SNAP_TRACKER_REMOVE`: remove a device from tracking.
 pub const IOCTL_BLK_SNAP_TRACKER_REMOVE: u32 = blk_snap_ioc(
     IOC_WRITE,
     blk_snap_ioctl_tracker_remove,
     core::mem::size_of::<blk_snap_tracker_remove>(),
 );
-/// `IOCTL_BLK_SNAP_TRACKER_COLLECT`.
+/// The number of `IOCTL_BLK_SNAP_TRACKER_COLLECT`: collect every tracked device.
 pub const IOCTL_BLK_SNAP_TRACKER_COLLECT: u32 = blk_snap_ioc(
     IOC_WRITE,
     blk_snap_ioctl_tracker_collect,
     core::mem::size_of::<blk_snap_tracker_collect>(),
 );
-/// `IOCTL_BLK_SNAP_TRACKER_READ_CBT_MAP`.
+/// The number of `IOCTL_BLK_SNAP_TRACKER_READ_CBT_MAP`: read a device's change-tracking map.
 pub const IOCTL_BLK_SNAP_TRACKER_READ_CBT_MAP: u32 = blk_snap_ioc(
     IOC_READ,
     blk_snap_ioctl_tracker_read_cbt_map,
     core::mem::size_of::<blk_snap_tracker_read_cbt_bitmap>(),
 );
-/// `IOCTL_BLK_SNAP_TRACKER_MARK_DIRTY_BLOCKS`.
+/// The number of `IOCTL_BLK_SNAP_TRACKER_MARK_DIRTY_BLOCKS`: mark blocks of a device changed.
 pub const IOCTL_BLK_SNAP_TRACKER_MARK_DIRTY_BLOCKS: u32 = blk_snap_ioc(
     IOC_READ,
     blk_snap_ioctl_tracker_mark_dirty_blocks,
     core::mem::size_of::<blk_snap_tracker_mark_dirty_blocks>(),
 );
-/// `IOCTL_BLK_SNAP_SNAPSHOT_CREATE`.
+/// The number of `IOCTL_BLK_SNAP_SNAPSHOT_CREATE`: create a snapshot.
 pub const IOCTL_BLK_SNAP_SNAPSHOT_CREATE: u32 = blk_snap_ioc(
     IOC_WRITE,
     blk_snap_ioctl_snapshot_create,
     core::mem::size_of::<blk_snap_snapshot_create>(),
 );
-/// `IOCTL_BLK_SNAP_SNAPSHOT_DESTROY`.
+/// The number of `IOCTL_BLK_SNAP_SNAPSHOT_DESTROY`: destroy a snapshot.
 pub const IOCTL_BLK_SNAP_SNAPSHOT_DESTROY: u32 = blk_snap_ioc(
     IOC_READ,
     blk_snap_ioctl_snapshot_destroy,
     core::mem::size_of::<blk_snap_snapshot_destroy>(),
 );
-/// `IOCTL_BLK_SNAP_SNAPSHOT_APPEND_STORAGE`.
+/// The number of `IOCTL_BLK_SNAP_SNAPSHOT_APPEND_STORAGE`: append difference storage to a snapshot.
 pub const IOCTL_BLK_SNAP_SNAPSHOT_APPEND_STORAGE: u32 = blk_snap_ioc(
     IOC_WRITE,
     blk_snap_ioctl_snapshot_append_storage,
     core::mem::size_of::<blk_snap_snapshot_append_storage>(),
 );
-/// `IOCTL_BLK_SNAP_SNAPSHOT_TAKE`.
+/// The number of `IOCTL_BLK_SNAP_SNAPSHOT_TAKE`: take a snapshot.
 pub const IOCTL_BLK_SNAP_SNAPSHOT_TAKE: u32 = blk_snap_ioc(
     IOC_READ,
     blk_snap_ioctl_snapshot_take,
     core::mem::size_of::<blk_snap_snapshot_take>(),
 );
-/// `IOCTL_BLK_SNAP_SNAPSHOT_COLLECT`.
+/// The number of `IOCTL_BLK_SNAP_SNAPSHOT_COLLECT`: collect every snapshot.
 pub const IOCTL_BLK_SNAP_SNAPSHOT_COLLECT: u32 = blk_snap_ioc(
     IOC_WRITE,
     blk_snap_ioctl_snapshot_collect,
     core::mem::size_of::<blk_snap_snapshot_collect>(),
 );
-/// `IOCTL_BLK_SNAP_SNAPSHOT_COLLECT_IMAGES`.
+/// The number of `IOCTL_BLK_SNAP_SNAPSHOT_COLLECT_IMAGES`: collect a snapshot's images.
 pub const IOCTL_BLK_SNAP_SNAPSHOT_COLLECT_IMAGES: u32 = blk_snap_ioc(
     IOC_WRITE,
     blk_snap_ioctl_snapshot_collect_images,
     core::mem::size_of::<blk_snap_snapshot_collect_images>(),
 );
-/// `IOCTL_BLK_SNAP_SNAPSHOT_WAIT_EVENT`.
+/// The number of `IOCTL_BLK_SNAP_SNAPSHOT_WAIT_EVENT`: wait for a snapshot's next event.
 pub const IOCTL_BLK_SNAP_SNAPSHOT_WAIT_EVENT: u32 = blk_snap_ioc(
     IOC_WRITE,
     blk_snap_ioctl_snapshot_wait_event,
     core::mem::size_of::<blk_snap_snapshot_event>(),
 );
 
-/// Every ioctl of the interface, in the header's order.
+/// The number of every ioctl of the interface, in the header's order.
 pub const IOCTL_BLK_SNAP_ALL: [u32; 12] = [
     IOCTL_BLK_SNAP_VERSION,
     IOCTL_BLK_SNAP_TRACKER_REMOVE,

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The blk_snap v1 ABI as Rust types.
+//! The blk_snap v1 ABI as Rust types: the structs, enum values and ioctl
+//! numbers of `include/uapi/linux/blk_snap.h`.
 //!
 //! The structs and enum values are generated at build time from
 //! `include/uapi/linux/blk_snap.h`; the ioctl numbers and the compile-time
@@ -25,7 +26,8 @@ include!("abi.rs");
 // SAFETY: four `u16`s, no padding: every byte is initialised.
 unsafe impl crate::sys::compat::AsBytes for blk_snap_version {}
 
-/// Marks UAPI structs that user space hands in as readable from any bytes.
+/// Marks the UAPI structs that user space hands in as readable from any
+/// bytes ([`FromBytes`](crate::sys::compat::FromBytes)).
 macro_rules! from_user_bytes {
     ($($t:ty),*) => {
         // SAFETY: integers, byte arrays and raw pointers only (the layout is
@@ -39,7 +41,9 @@ macro_rules! from_user_bytes {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub(crate) struct blk_snap_snapshot_event_head {
+    /// The snapshot whose event is waited for.
     pub(crate) id: blk_snap_uuid,
+    /// How long to wait, in milliseconds.
     pub(crate) timeout_ms: u32,
 }
 

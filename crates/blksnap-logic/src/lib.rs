@@ -30,5 +30,8 @@ pub mod chunk_geometry;
 #[path = "../../../src/ring.rs"]
 pub mod ring;
 
+#[path = "../../../src/minors.rs"]
+pub mod minors;
+
 #[path = "../../../src/diff_storage.rs"]
 pub mod diff_storage;
