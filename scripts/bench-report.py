@@ -56,8 +56,18 @@ def load_fio(d, res):
                 continue
             kind, dev, wl, rep = parts
             op = job["read"] if job["read"]["total_ios"] > 0 else job["write"]
-            if op["iops"] > 0:
-                res.setdefault((kind, dev, wl), {})[int(rep)] = op["iops"]
+            iops = op["iops"]
+            # A replay (read_iolog) at queue depth > 1 ends when its last
+            # entry is issued: fio stops the clock there and leaves the
+            # I/Os still in flight out of both the clock and the latency
+            # samples, but counts them in total_ios and so in iops. The
+            # samples' count over the runtime is the rate of the I/Os the
+            # clock saw.
+            n = op.get("lat_ns", {}).get("N", 0)
+            if 0 < n < op["total_ios"] and op["runtime"] > 0:
+                iops = n * 1000 / op["runtime"]
+            if iops > 0:
+                res.setdefault((kind, dev, wl), {})[int(rep)] = iops
 
 
 def merge_baselines(res, drift):
