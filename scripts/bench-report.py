@@ -152,32 +152,40 @@ class Report:
     def limit(self, dev, ft, qd, wbytes, where):
         """Per-repetition IOPS of the physical limit of first-touch workload
         ft with the storage on the other or the same device: a lower bound
-        on the time of every write (docs/benchmarks.md, scenario 3).
+        on the time of each write for any copy-on-write implementation with
+        this chunk size (docs/benchmarks.md, scenario 3).
 
-        W: the same write pass on the device without snapshot; R, S: per
-        chunk, the device's best read rate and the storage's best write
-        rate; k: chunks a write touches first. Where one clock counts the
-        work of every device (the ramdisks in the instruction-counted VM),
-        nothing overlaps: W + k(R + S). On throttled disks each disk is its
-        own resource and the writes need little of it: the copy traffic
-        takes k(R + S) on one disk and k max(R, S) on two; at queue depth 1
-        a write also waits for its chunk's read, W + kR."""
+        W: the same write pass on the device without snapshot; R: per chunk,
+        the device's best read rate; S: per chunk, the storage's best write
+        rate (Sd: the original device's, measured at the storage's place on
+        it); k: chunks a write touches first; kw: its size in chunks.
+        Where one clock counts the work of every device (the ramdisks in the
+        instruction-counted VM), nothing overlaps: W + k(R + S). A throttled
+        disk has its own budget, shared by its reads and writes: the
+        original disk needs kR + kw Sd (its copy reads and the writes' own
+        bytes), plus kS when it holds the storage too; another disk needs
+        kS; at queue depth 1 a write also waits for its chunk's read, W + kR
+        in a row. The bound is the largest of these."""
         nosnap = self.fio.get(("nosnap", dev, ft), {})
         rd = self.best_chunk_time("limit", dev)
         wr = self.best_chunk_time(f"limit-{where}", dev)
+        wd = self.best_chunk_time("limit-same", dev)
         k = max(1, wbytes // self.chunk)
+        kw = wbytes / self.chunk
         shared = self.clocks.get(dev) == "icount"
         out = {}
         for r in nosnap:
-            if r not in rd or r not in wr or nosnap[r] <= 0:
+            if r not in rd or r not in wr or r not in wd or nosnap[r] <= 0:
                 continue
-            w, rt, st = 1 / nosnap[r], rd[r], wr[r]
+            w, rt, st, sd = 1 / nosnap[r], rd[r], wr[r], wd[r]
             if shared:
                 t = w + k * (rt + st)
+            elif where == "same":
+                t = k * (rt + st) + kw * sd
             else:
-                t = k * (rt + st) if where == "same" else k * max(rt, st)
-                if qd == 1:
-                    t = max(t, w + k * rt)
+                t = max(k * rt + kw * sd, k * st)
+            if not shared and qd == 1:
+                t = max(t, w + k * rt)
             out[r] = 1 / t
         return out
 
@@ -265,9 +273,12 @@ def main():
       "devices' best rates in this run (4 MiB sequential I/O through io_uring with "
       "registered buffers, the faster of queue depth 1 and 32). On the ramdisks one "
       "instruction-counted clock counts every device's work, so nothing overlaps: W + R + S "
-      "wherever the storage is. On the throttled disks each disk is its own resource: "
-      "R + S on one disk, the slower of R and S on two, and at queue depth 1 at least "
-      "W + R (the write waits for its chunk's read). docs/benchmarks.md says why.")
+      "wherever the storage is. On the throttled disks each disk has its own budget of "
+      "bytes, shared by its reads and writes: the original disk needs R plus the write's "
+      "own bytes (plus S when it holds the storage), another storage disk S; at queue "
+      "depth 1 a write also waits for its chunk's read, W + R in a row; the limit is the "
+      "largest of these. Per write, R and S count once per chunk the write touches first. "
+      "docs/benchmarks.md says why this is a lower bound.")
     w("")
     w("| device | workload | " + " | ".join(n for _, n in COW)
       + " | physical limit (other device) | physical limit (same device) |")
@@ -478,8 +489,11 @@ def main():
           "dropped and marked in the CBT map). Before each backup, one write into each of "
           "*changed* tracking blocks drawn at random; the same numbers of blocks on both "
           "devices. The first (full) backup of each device is seeded, not read "
-          "(docs/benchmarks.md). Seconds, median (min-max); *CBT map read* is "
-          "`blksnap tracker_readcbtmap` (process start included).")
+          "(docs/benchmarks.md). Each backup reads a snapshot taken for it "
+          "(`blksnap backup --snapshot`; *the whole command* is that command, *the copy* "
+          "its reading and writing of the blocks). Seconds, median (min-max); *CBT map "
+          "read* is `blksnap tracker_readcbtmap` of the same snapshot (process start "
+          "included).")
         w("")
         w("| device | changed blocks | of the device | changed data | CBT map read | "
           "incremental: the copy | incremental: the whole command | copy MiB/s |")

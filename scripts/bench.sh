@@ -445,7 +445,8 @@ bench_backup_full() {
 # 7b: incremental backups of two sparse devices (dm-zero: reads return
 # zeros, writes are dropped and marked in the CBT map), BK_SMALL_GIB and
 # BK_LARGE_GIB, after BK_CHANGED per mille of the small device's blocks
-# were written (the same number of blocks on both). The first backup of
+# were written (the same number of blocks on both), each from a snapshot
+# taken for it (`blksnap backup --snapshot`). The first backup of
 # each is seeded (scripts/bench-backup-seed.py) from a real full backup of
 # a 64 MiB dm-zero device: reading 64 GiB through the page cache would take
 # a quarter of an hour here.
@@ -482,12 +483,18 @@ bench_backup_incr() {
 			# n distinct blocks at random (fio's random map)
 			fio --name=bkchange --filename="$dev" "${FIO_COMMON[@]}" --rw=randwrite --bs="$bs" \
 				--iodepth=16 --number_ios="$n" --output=/dev/null || return 1
+			# The snapshot is taken here, so the CBT map can be read by
+			# itself before the backup reads it again.
+			out=$("$CLI" snapshot_create -d "$dev") || return 1
+			sid=$(val id "$out")
+			"$CLI" snapshot_appendstorage -i "$sid" -d /dev/vdb -r "0:$((2 * R * 2048))" >/dev/null || return 1
+			"$CLI" snapshot_take -i "$sid" >/dev/null || return 1
 			t0=$(date +%s%N)
 			"$CLI" tracker_readcbtmap -d "$dev" -f "$BK/map" || return 1
 			map_s=$(elapsed "$t0")
 			drop_caches
-			out=$("$CLI" backup -d "$dev" --dir "$BK/incr" --storage-device /dev/vdb \
-				--storage-range "0:$((2 * R * 2048))" --no-progress) || return 1
+			out=$("$CLI" backup --snapshot "$sid" --dir "$BK/incr" --no-progress) || return 1
+			"$CLI" snapshot_destroy -i "$sid" >/dev/null || return 1
 			record "backup what=incr rep=$rep size_gib=$g block=$bs blocks=$blocks changed=$n kind=$(val kind "$out") copied=$(val blocks_copied "$out") bytes=$(val bytes "$out") copy_seconds=$(val seconds "$out") seconds=$(valn seconds 2 "$out") map_seconds=$map_s"
 			note "incremental, $g GiB, $n blocks changed: $(val kind "$out"), $(valn seconds 2 "$out") s"
 			if [ "$(val kind "$out")" != incremental ] || [ "$(val blocks_copied "$out")" != "$n" ]; then
