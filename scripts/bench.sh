@@ -82,6 +82,7 @@ note() { printf '[bench %s] %s\n' "$(date +%T)" "$*"; }
 #   fill        the same as ft1m, at queue depth 8 (not reported)
 #   devread devwrite  one pass of sequential 1 MiB reads / writes over the
 #               whole device, queue depth 4 (the raw rates of the backup path)
+#   blkread     FIO_N random reads of FIO_BS bytes through the page cache
 #   rd4m1 rd4m32  one pass of sequential 4 MiB reads over the region, queue
 #               depth 1 / 32, through io_uring with registered buffers (no
 #               page pinning per I/O): the device's best read rate, for the
@@ -109,6 +110,7 @@ fio_jobs() {
 		s1m) args+=(--rw=write --bs=1M --iodepth=1) ;;
 		r1m) args+=(--rw=read --bs=1M --iodepth=1) ;;
 		devread) args+=(--rw=read --bs=1M --iodepth=4) ;;
+		blkread) args+=(--rw=randread --bs="$FIO_BS" --number_ios="$FIO_N" --direct=0 --invalidate=1) ;;
 		devwrite) args+=(--rw=write --bs=1M --iodepth=4) ;;
 		r4k) args+=(--rw=randread --bs=4k --iodepth=1) ;;
 		rd4m1 | rd4m32 | wr4m1 | wr4m32)
@@ -125,7 +127,7 @@ fio_jobs() {
 		*) die "unknown workload $wl" ;;
 		esac
 		case $wl in
-		ft* | fill | rd4m* | wr4m* | dev*) ;;
+		ft* | fill | rd4m* | wr4m* | dev* | blkread) ;;
 		*) args+=(--size="${R}M" --time_based --runtime="$RUNTIME" --randrepeat=0 --norandommap) ;;
 		esac
 	done
@@ -358,7 +360,7 @@ bench_mem() {
 					echo "$zero add"
 					echo "$zero open"
 					sed -n "$((done_n + 1)),${n}p" /tmp/bench-scattered |
-						awk -v dev="$zero" '{ printf "%s write %d 4096\n", dev, $1 * 4096 }'
+						awk -v dev="$zero" '{ printf "%s write %.0f 4096\n", dev, $1 * 4096 }'
 					echo "$zero close"
 				} >/tmp/bench-scattered.iolog
 				fio --name=memscattered --filename="$zero" "${FIO_COMMON[@]}" --iodepth=32 \
@@ -391,6 +393,17 @@ drop_caches() {
 elapsed() { awk -v a="$1" -v b="$(date +%s%N)" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
 # The Nth value of KEY in the CLI's output (one value per record, in order).
 valn() { sed -n "s/^$1=//p" <<<"$3" | sed -n "$2p"; }
+# Runs a command and prints its output, then its CPU time in user space and
+# in the kernel (cpu_user=, cpu_sys=; GNU time, when installed).
+cpu_time() {
+	local rc=0
+	if [ -x /usr/bin/time ]; then
+		/usr/bin/time -o /tmp/bench-time -f "%U %S" "$@" || rc=$?
+		awk '{ printf "\ncpu_user=%s\ncpu_sys=%s\n", $1, $2 }' /tmp/bench-time
+		return $rc
+	fi
+	"$@"
+}
 # The record of device MAJ:MIN in the output of tracker_collect.
 cbt_of() { awk -v RS= -v want="device=$1" '{ for (i = 1; i <= NF; i++) if ($i == want) { print; exit } }' <<<"$2"; }
 
@@ -418,13 +431,13 @@ bench_backup_full() {
 			dd if="$dev" of=/dev/null bs=8M status=none &&
 			record "backup what=bufread rep=$rep bytes=$((mib << 20)) seconds=$(elapsed "$t0")" &&
 			rm -rf "$BK/full" && drop_caches &&
-			out=$("$CLI" backup -d "$dev" --dir "$BK/full" --storage-device "$store" \
+			out=$(cpu_time "$CLI" backup -d "$dev" --dir "$BK/full" --storage-device "$store" \
 				--storage-range "0:$((2 * R * 2048))" --no-progress)
 	} || rc=1
 	kill "$wpid" 2>/dev/null
 	wait "$wpid" 2>/dev/null || true
 	((rc == 0)) || return 1
-	record "backup what=full rep=$rep bytes=$(val bytes "$out") copy_seconds=$(val seconds "$out") seconds=$(valn seconds 2 "$out") corrupted=$(valn corrupted 1 "$out")"
+	record "backup what=full rep=$rep bytes=$(val bytes "$out") copy_seconds=$(val seconds "$out") seconds=$(valn seconds 2 "$out") corrupted=$(valn corrupted 1 "$out") user_seconds=$(val cpu_user "$out") sys_seconds=$(val cpu_sys "$out")"
 	note "full backup: $(val mib_per_s "$out") MiB/s (copy), $(valn seconds 2 "$out") s in all"
 	[ "$(valn corrupted 1 "$out")" = 0 ] || { note "the snapshot of the backup was corrupted"; return 1; }
 	file=$BK/full/$(val file "$out")
@@ -436,8 +449,8 @@ bench_backup_full() {
 	dd if="$file" of="$dev" bs=8M conv=fsync status=none || return 1
 	record "backup what=bufwrite rep=$rep bytes=$((mib << 20)) seconds=$(elapsed "$t0")"
 	drop_caches
-	out=$("$CLI" restore --dir "$BK/full" --output "$dev" --no-progress) || return 1
-	record "backup what=restore rep=$rep bytes=$(val bytes "$out") seconds=$(val seconds "$out")"
+	out=$(cpu_time "$CLI" restore --dir "$BK/full" --output "$dev" --no-progress) || return 1
+	record "backup what=restore rep=$rep bytes=$(val bytes "$out") seconds=$(val seconds "$out") user_seconds=$(val cpu_user "$out") sys_seconds=$(val cpu_sys "$out")"
 	note "restore: $(val mib_per_s "$out") MiB/s"
 	rm -rf "$BK/full"
 }
@@ -451,7 +464,7 @@ bench_backup_full() {
 # a 64 MiB dm-zero device: reading 64 GiB through the page cache would take
 # a quarter of an hour here.
 bench_backup_incr() {
-	local rep=$1 seed dev g mm out cbt bs blocks small_blocks=0 pm n t0 map_s sid
+	local rep=$1 seed dev g mm out cbt bs blocks small_blocks=0 pm n t0 map_s cli_s sid
 	note "dm-zero rep $rep: incremental backups"
 	rm -rf "$BK/seed" "$BK/incr"
 	seed=$(dm_create bench-bk-seed "0 $((64 << 11)) zero") || return 1
@@ -489,13 +502,17 @@ bench_backup_incr() {
 			sid=$(val id "$out")
 			"$CLI" snapshot_appendstorage -i "$sid" -d /dev/vdb -r "0:$((2 * R * 2048))" >/dev/null || return 1
 			"$CLI" snapshot_take -i "$sid" >/dev/null || return 1
+			# (what starting the CLI costs, for the map read's time)
+			t0=$(date +%s%N)
+			"$CLI" version >/dev/null || return 1
+			cli_s=$(elapsed "$t0")
 			t0=$(date +%s%N)
 			"$CLI" tracker_readcbtmap -d "$dev" -f "$BK/map" || return 1
 			map_s=$(elapsed "$t0")
 			drop_caches
 			out=$("$CLI" backup --snapshot "$sid" --dir "$BK/incr" --no-progress) || return 1
 			"$CLI" snapshot_destroy -i "$sid" >/dev/null || return 1
-			record "backup what=incr rep=$rep size_gib=$g block=$bs blocks=$blocks changed=$n kind=$(val kind "$out") copied=$(val blocks_copied "$out") bytes=$(val bytes "$out") copy_seconds=$(val seconds "$out") seconds=$(valn seconds 2 "$out") map_seconds=$map_s"
+			record "backup what=incr rep=$rep size_gib=$g block=$bs blocks=$blocks changed=$n kind=$(val kind "$out") copied=$(val blocks_copied "$out") bytes=$(val bytes "$out") copy_seconds=$(val seconds "$out") seconds=$(valn seconds 2 "$out") map_seconds=$map_s cli_seconds=$cli_s"
 			note "incremental, $g GiB, $n blocks changed: $(val kind "$out"), $(valn seconds 2 "$out") s"
 			if [ "$(val kind "$out")" != incremental ] || [ "$(val blocks_copied "$out")" != "$n" ]; then
 				note "expected an incremental backup of $n blocks: $out"
@@ -503,6 +520,12 @@ bench_backup_incr() {
 			fi
 			rm -f "$BK/incr/"*.incr "$BK/map"
 		done
+		# The same number of blocks as the last backup, read at random
+		# from the device itself through the page cache (no snapshot, no
+		# hashes, no file): what reading them costs by itself.
+		if ((g == BK_SMALL_GIB)); then
+			FIO_BS=$bs FIO_N=$n fio_jobs bkincrraw "z$g" "$rep" "$dev" blkread || return 1
+		fi
 		untrack "$dev"
 		dmsetup remove --noudevsync bench-bk
 		rm -rf "$BK/incr"
@@ -591,7 +614,7 @@ if ((quick)); then
 	mem_chunks="10000 100000" bk_small_gib=1 timeout=2400
 else
 	: "${reps:=5}" "${runtime:=5}" "${region:=128}"
-	mem_chunks="10000 100000 1000000" bk_small_gib=4 timeout=$((3600 * 3))
+	mem_chunks="10000 100000 1000000" bk_small_gib=2 timeout=$((3600 * 3))
 fi
 [[ $reps =~ ^[1-9][0-9]*$ && $runtime =~ ^[1-9][0-9]*$ && $region =~ ^[1-9][0-9]*$ ]] ||
 	die "--reps, --runtime and --region want positive numbers"
