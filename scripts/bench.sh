@@ -25,13 +25,15 @@
 #   --brd-clock wall   run the ramdisk in the wall-clock VM too (the noisy way
 #                      of earlier reports, for comparison)
 #
-# BENCH_ONLY="held cow stall mem" runs only the named scenario groups (held:
-# 1, 2 and 4; cow: 3; stall: 5; mem: 6), for development.
+# BENCH_ONLY="held cow stall backup mem" runs only the named scenario groups
+# (held: 1, 2 and 4; cow: 3; stall: 5; backup: 7; mem: 6), for development.
 #
 # Scenarios: 1 tracking only; 2 snapshot held, every chunk copied; 3 first
 # write to every chunk (COW) against dm-snapshot and the physical limit;
 # 4 snapshot image reads; 5 how long writes stall during take; 6 module
-# memory. docs/benchmarks.md says what each one measures.
+# memory; 7 the backup path (full backup with writers, incremental backups
+# of large sparse devices, restore). docs/benchmarks.md says what each one
+# measures.
 # shellcheck source-path=SCRIPTDIR
 source "$(dirname "$0")/common.sh"
 
@@ -45,7 +47,10 @@ setup_params() {
 	REPS=${BENCH_REPS:-2}
 	RUNTIME=${BENCH_RUNTIME:-2}
 	R=${BENCH_REGION_MIB:-32}        # the region every write/read job covers
-	MEM_CHUNKS=${BENCH_MEM_CHUNKS:-20000} # a multiple of 16
+	MEM_CHUNKS=${BENCH_MEM_CHUNKS:-10000 100000} # copied chunks, ascending, multiples of 16
+	BK_SMALL_GIB=${BENCH_BK_SMALL_GIB:-1} BK_LARGE_GIB=${BENCH_BK_LARGE_GIB:-64}
+	BK_CHANGED=${BENCH_BK_CHANGED:-1 10 100} # per mille of the small device's blocks
+	BK_WRITE_IOPS=100 BK_HOT_MIB=8           # the writers during the full backup
 	DEVICES=${BENCH_DEVICES:-brd virtio} # the devices scenarios 1-4 run on
 	CLOCK=${BENCH_CLOCK:-wall}           # how this VM keeps time (the report says)
 	RES=$BLKSNAP_VM_OUT/results
@@ -75,37 +80,54 @@ note() { printf '[bench %s] %s\n' "$(date +%T)" "$*"; }
 #   ft4k1 ft4k32  one 4 KiB write into every chunk of the region, random order
 #   ft1m        one pass of sequential 1 MiB writes over the region
 #   fill        the same as ft1m, at queue depth 8 (not reported)
-#   cr1 cr32    one chunk-sized read of every chunk of the region, random
-#               order (queue depth 1 / 32): the copy reads of a first-touch pass
-#   cw1 cw32    the same with writes: the copy writes of a first-touch pass
+#   devread devwrite  one pass of sequential 1 MiB reads / writes over the
+#               whole device, queue depth 4 (the raw rates of the backup path)
+#   blkread     FIO_N random reads of FIO_BS bytes through the page cache
+#   rd4m1 rd4m32  one pass of sequential 4 MiB reads over the region, queue
+#               depth 1 / 32, through io_uring with registered buffers (no
+#               page pinning per I/O): the device's best read rate, for the
+#               copy reads of the physical limit
+#   wr4m1 wr4m32  the same with writes: the copy writes of the physical limit
+# With FIO_OFFSET set (fio's --offset, e.g. 64M), every job starts there.
 fio_jobs() {
-	local kind=$1 d=$2 rep=$3 dev=$4 name wl args=()
+	local kind=$1 d=$2 rep=$3 dev=$4 name wl args=() loops=1
 	shift 4
+	# The passes of the physical limit (kinds nosnap and limit*) can be run
+	# several times over where the clock counts instructions (no burst of a
+	# throttle to keep alike): their runtimes are counted in milliseconds.
+	if [ "$CLOCK" = icount ]; then
+		case $kind in nosnap) loops=8 ;; limit*) loops=4 ;; esac
+	fi
 	# (fio would make a regular file of a missing device node)
 	[ -b "$dev" ] || { note "$dev is not a block device"; return 1; }
 	for wl in "$@"; do
 		name=$kind.$d.$wl.$rep
 		args+=(--name="$name" --filename="$dev" --stonewall)
+		if [ -n "${FIO_OFFSET:-}" ]; then args+=(--offset="$FIO_OFFSET"); fi
 		case $wl in
 		w4k1) args+=(--rw=randwrite --bs=4k --iodepth=1) ;;
 		w4k32) args+=(--rw=randwrite --bs=4k --iodepth=32) ;;
 		s1m) args+=(--rw=write --bs=1M --iodepth=1) ;;
 		r1m) args+=(--rw=read --bs=1M --iodepth=1) ;;
+		devread) args+=(--rw=read --bs=1M --iodepth=4) ;;
+		blkread) args+=(--rw=randread --bs="$FIO_BS" --number_ios="$FIO_N" --direct=0 --invalidate=1) ;;
+		devwrite) args+=(--rw=write --bs=1M --iodepth=4) ;;
 		r4k) args+=(--rw=randread --bs=4k --iodepth=1) ;;
-		cr1) args+=(--rw=randread --bs="$CHUNK" --iodepth=1 --size="${R}M") ;;
-		cr32) args+=(--rw=randread --bs="$CHUNK" --iodepth=32 --size="${R}M") ;;
-		cw1) args+=(--rw=randwrite --bs="$CHUNK" --iodepth=1 --size="${R}M") ;;
-		cw32) args+=(--rw=randwrite --bs="$CHUNK" --iodepth=32 --size="${R}M") ;;
+		rd4m1 | rd4m32 | wr4m1 | wr4m32)
+			if [[ $wl == rd* ]]; then args+=(--rw=read); else args+=(--rw=write); fi
+			args+=(--ioengine=io_uring --fixedbufs --registerfiles --bs=4M
+				--iodepth="${wl#??4m}" --size="${R}M" --loops="$loops")
+			;;
 		ft4k1 | ft4k32)
-			iolog "$dev" >"/tmp/bench-$name.iolog"
+			iolog "$dev" "$loops" >"/tmp/bench-$name.iolog"
 			args+=(--read_iolog="/tmp/bench-$name.iolog" --iodepth="${wl#ft4k}")
 			;;
-		ft1m) args+=(--rw=write --bs=1M --iodepth=1 --size="${R}M") ;;
+		ft1m) args+=(--rw=write --bs=1M --iodepth=1 --size="${R}M" --loops="$loops") ;;
 		fill) args+=(--rw=write --bs=1M --iodepth=8 --size="${R}M") ;;
 		*) die "unknown workload $wl" ;;
 		esac
 		case $wl in
-		ft* | fill | c[rw]*) ;;
+		ft* | fill | rd4m* | wr4m* | dev* | blkread) ;;
 		*) args+=(--size="${R}M" --time_based --runtime="$RUNTIME" --randrepeat=0 --norandommap) ;;
 		esac
 	done
@@ -120,15 +142,16 @@ fio_jobs() {
 }
 
 # A fio replay log: one 4 KiB write at a random place of every chunk of the
-# region, the chunks in random order.
+# region, the chunks in random order; all of it TIMES times.
 iolog() {
-	local dev=$1
+	local dev=$1 times=${2:-1}
 	echo "fio version 2 iolog"
 	echo "$dev add"
 	echo "$dev open"
 	seq 0 $((R * 1048576 / CHUNK - 1)) | shuf |
-		awk -v dev="$dev" -v cs=$CHUNK 'BEGIN { srand() }
-			{ printf "%s write %d 4096\n", dev, $1 * cs + int(rand() * cs / 4096) * 4096 }'
+		awk -v dev="$dev" -v cs=$CHUNK -v times="$times" 'BEGIN { srand() }
+			{ line[NR] = sprintf("%s write %d 4096", dev, $1 * cs + int(rand() * cs / 4096) * 4096) }
+			END { for (t = 0; t < times; t++) for (i = 1; i <= NR; i++) print line[i] }'
 	echo "$dev close"
 }
 
@@ -234,7 +257,9 @@ bench_held() {
 
 # Scenario 3 for one device: first writes to every chunk, blksnap and
 # dm-snapshot, storage on STORE (another device) and on SAME (a dm-linear
-# device over the second part of DEV), and the chunk copy cost alone.
+# device over the second part of DEV), and what the physical limit is made
+# of: the same write passes with no snapshot, the device's best read rate
+# and the storage's best write rate (docs/benchmarks.md, scenario 3).
 bench_cow() {
 	local d=$1 dev=$2 store=$3 same=$4 rep=$5 wl where cow mode
 	note "$d rep $rep: first-touch copy-on-write"
@@ -258,9 +283,15 @@ bench_cow() {
 			done
 		done
 	done
-	# The physical limit: reading a chunk from DEV and writing it to STORE.
-	fio_jobs limit "$d" "$rep" "$dev" cr1 cr32 || return 1
-	fio_jobs limit "$d" "$rep" "$store" cw1 cw32 || return 1
+	# The physical limit: the writes alone, the copy reads from DEV and the
+	# copy writes to the storage, each measured alone.
+	untrack "$dev"
+	fio_jobs nosnap "$d" "$rep" "$dev" ft4k1 ft4k32 ft1m || return 1
+	fio_jobs limit "$d" "$rep" "$dev" rd4m1 rd4m32 || return 1
+	fio_jobs limit-other "$d" "$rep" "$store" wr4m1 wr4m32 || return 1
+	# (the storage on the same device is DEV's second part, as blksnap has
+	# it, not the dm-linear device that dm-snapshot uses)
+	FIO_OFFSET=${R}M fio_jobs limit-same "$d" "$rep" "$dev" wr4m1 wr4m32 || return 1
 }
 
 # Scenario 5: writes to 1 or 4 ramdisks while their snapshot is taken.
@@ -290,30 +321,225 @@ meminfo() {
 	awk '/^(Slab|VmallocUsed|Percpu|MemFree):/ { sub(":", "", $1); printf "%s=%s ", $1, $2 }' /proc/meminfo
 }
 
-# Scenario 6: module memory for tracking a sparse 64 GiB device (dm-zero)
-# and for MEM_CHUNKS copied 4 KiB chunks (storage on the virtio disk).
+# Scenario 6: module memory for tracking a sparse 64 GiB device (dm-zero),
+# and per copied 4 KiB chunk in two patterns: dense, a sequential first
+# pass, and scattered, one 4 KiB write into each of as many chunks drawn at
+# random from the whole 64 GiB (16 Mi chunks). Each pattern has a snapshot
+# of its own and is read at each count of MEM_CHUNKS (cumulative: the next
+# count's writes go to chunks not copied yet). The storage is a second
+# dm-zero device: the copies' data is dropped, and the memory does not
+# depend on where it goes.
 bench_mem() {
-	local zero m0 m1 m2 m3 out sid
+	local zero sink m0 m1 m2 m3 out sid pattern n done_n more span=$((64 << 21))
 	insmod "$KO" chunk_minimum_shift=12 chunk_maximum_count=16777216 || return 1
-	zero=$(dm_create bench-zero "0 $((64 << 21)) zero") || return 1
+	zero=$(dm_create bench-zero "0 $span zero") || return 1
+	sink=$(dm_create bench-sink "0 $span zero") || return 1
 	m0=$(meminfo)
 	track "$zero" || return 1
 	m1=$(meminfo)
 	record "mem what=tracking size_gib=64 block_shift=$(cat /sys/module/blksnap/parameters/tracking_block_minimum_shift) before: $m0 after: $m1"
-	out=$("$CLI" snapshot_create -d "$zero") || return 1
-	sid=$(val id "$out")
-	"$CLI" snapshot_appendstorage -i "$sid" -d /dev/vdb -r "0:$(((MEM_CHUNKS * 4 + 4096) * 2))" >/dev/null || return 1
-	"$CLI" snapshot_take -i "$sid" >/dev/null || return 1
-	m2=$(meminfo)
-	fio --name=memfill --filename="$zero" "${FIO_COMMON[@]}" --rw=write --bs=64k --iodepth=8 \
-		--size=$((MEM_CHUNKS * 4))k --output=/dev/null || return 1
-	m3=$(meminfo)
-	record "mem what=chunks chunks=$MEM_CHUNKS chunk_kib=4 before: $m2 after: $m3"
-	note "memory: tracking 64 GiB: $m0 -> $m1; $MEM_CHUNKS chunks: $m2 -> $m3"
-	"$CLI" snapshot_destroy -i "$sid" >/dev/null
+	note "memory: tracking 64 GiB: $m0 -> $m1"
+	# The scattered chunks: distinct chunk numbers in random order, as many
+	# as the largest count.
+	shuf -i 0-$((span / 8 - 1)) -n "${MEM_CHUNKS##* }" >/tmp/bench-scattered
+	for pattern in dense scattered; do
+		out=$("$CLI" snapshot_create -d "$zero") || return 1
+		sid=$(val id "$out")
+		"$CLI" snapshot_appendstorage -i "$sid" -d "$sink" -r "0:$((${MEM_CHUNKS##* } * 8 + 65536))" >/dev/null || return 1
+		"$CLI" snapshot_take -i "$sid" >/dev/null || return 1
+		m2=$(meminfo)
+		done_n=0
+		for n in $MEM_CHUNKS; do
+			more=$((n - done_n))
+			if [ $pattern = dense ]; then
+				fio --name=memdense --filename="$zero" "${FIO_COMMON[@]}" --rw=write --bs=64k --iodepth=8 \
+					--offset=$((done_n * 4))k --size=$((more * 4))k --output=/dev/null || return 1
+			else
+				{
+					echo "fio version 2 iolog"
+					echo "$zero add"
+					echo "$zero open"
+					sed -n "$((done_n + 1)),${n}p" /tmp/bench-scattered |
+						awk -v dev="$zero" '{ printf "%s write %.0f 4096\n", dev, $1 * 4096 }'
+					echo "$zero close"
+				} >/tmp/bench-scattered.iolog
+				fio --name=memscattered --filename="$zero" "${FIO_COMMON[@]}" --iodepth=32 \
+					--read_iolog=/tmp/bench-scattered.iolog --output=/dev/null || return 1
+			fi
+			m3=$(meminfo)
+			record "mem what=chunks pattern=$pattern chunks=$n chunk_kib=4 before: $m2 after: $m3"
+			note "memory: $n chunks copied, $pattern: $m2 -> $m3"
+			done_n=$n
+		done
+		"$CLI" snapshot_destroy -i "$sid" >/dev/null || return 1
+	done
+	rm -f /tmp/bench-scattered /tmp/bench-scattered.iolog
 	untrack "$zero"
 	rmmod blksnap
+	dmsetup remove --noudevsync bench-sink
 	dmsetup remove --noudevsync bench-zero
+}
+
+# Scenario 7, the backup path: what a backup agent does with a taken
+# snapshot. The backups go to BK, a tmpfs in the guest's memory, so the
+# destination is not what is measured.
+BK=/tmp/bench-backup
+
+drop_caches() {
+	sync
+	echo 3 >/proc/sys/vm/drop_caches
+}
+# Seconds since T0 (from date +%s%N).
+elapsed() { awk -v a="$1" -v b="$(date +%s%N)" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
+# The Nth value of KEY in the CLI's output (one value per record, in order).
+valn() { sed -n "s/^$1=//p" <<<"$3" | sed -n "$2p"; }
+# Runs a command and prints its output, then its CPU time in user space and
+# in the kernel (cpu_user=, cpu_sys=; GNU time, when installed).
+cpu_time() {
+	local rc=0
+	if [ -x /usr/bin/time ]; then
+		/usr/bin/time -o /tmp/bench-time -f "%U %S" "$@" || rc=$?
+		awk '{ printf "\ncpu_user=%s\ncpu_sys=%s\n", $1, $2 }' /tmp/bench-time
+		return $rc
+	fi
+	"$@"
+}
+# The record of device MAJ:MIN in the output of tracker_collect.
+cbt_of() { awk -v RS= -v want="device=$1" '{ for (i = 1; i <= NF; i++) if ($i == want) { print; exit } }' <<<"$2"; }
+
+# 7a and 7c on the virtio disk DEV: a full backup while writers run on DEV,
+# against a raw sequential read of DEV with the same writers; then a
+# restore of that backup onto DEV, against a raw sequential write.
+bench_backup_full() {
+	local rep=$1 dev=/dev/vda store=/dev/vdb mib wpid t0 out file rc=0
+	mib=$(($(blockdev --getsize64 "$dev") >> 20))
+	note "virtio rep $rep: full backup of $mib MiB with writers, restore"
+	untrack "$dev"
+	# Data in every block (fio's random buffers): no block is a hole.
+	fio --name=bkfill --filename="$dev" "${FIO_COMMON[@]}" --rw=write --bs=1M --iodepth=4 \
+		--output=/dev/null || return 1
+	# The writers: BK_WRITE_IOPS random 4 KiB writes per second into the
+	# first BK_HOT_MIB of the device (a log, a database's hot pages).
+	fio --name=bkwriters --filename="$dev" "${FIO_COMMON[@]}" --rw=randwrite --bs=4k --iodepth=1 \
+		--rate_iops="$BK_WRITE_IOPS" --size="${BK_HOT_MIB}M" --time_based --runtime=3600 \
+		--output=/dev/null &
+	wpid=$!
+	sleep 3 # fio starts slowly under TCG
+	{
+		fio_jobs bkraw virtio "$rep" "$dev" devread &&
+			drop_caches && t0=$(date +%s%N) &&
+			dd if="$dev" of=/dev/null bs=8M status=none &&
+			record "backup what=bufread rep=$rep bytes=$((mib << 20)) seconds=$(elapsed "$t0")" &&
+			rm -rf "$BK/full" && drop_caches &&
+			out=$(cpu_time "$CLI" backup -d "$dev" --dir "$BK/full" --storage-device "$store" \
+				--storage-range "0:$((2 * R * 2048))" --no-progress)
+	} || rc=1
+	kill "$wpid" 2>/dev/null
+	wait "$wpid" 2>/dev/null || true
+	((rc == 0)) || return 1
+	record "backup what=full rep=$rep bytes=$(val bytes "$out") copy_seconds=$(val seconds "$out") seconds=$(valn seconds 2 "$out") corrupted=$(valn corrupted 1 "$out") user_seconds=$(val cpu_user "$out") sys_seconds=$(val cpu_sys "$out")"
+	note "full backup: $(val mib_per_s "$out") MiB/s (copy), $(valn seconds 2 "$out") s in all"
+	[ "$(valn corrupted 1 "$out")" = 0 ] || { note "the snapshot of the backup was corrupted"; return 1; }
+	file=$BK/full/$(val file "$out")
+	# The restore writes the device with no tracker, as the raw write does.
+	untrack "$dev"
+	fio_jobs bkraw virtio "$rep" "$dev" devwrite || return 1
+	drop_caches
+	t0=$(date +%s%N)
+	dd if="$file" of="$dev" bs=8M conv=fsync status=none || return 1
+	record "backup what=bufwrite rep=$rep bytes=$((mib << 20)) seconds=$(elapsed "$t0")"
+	drop_caches
+	out=$(cpu_time "$CLI" restore --dir "$BK/full" --output "$dev" --no-progress) || return 1
+	record "backup what=restore rep=$rep bytes=$(val bytes "$out") seconds=$(val seconds "$out") user_seconds=$(val cpu_user "$out") sys_seconds=$(val cpu_sys "$out")"
+	note "restore: $(val mib_per_s "$out") MiB/s"
+	rm -rf "$BK/full"
+}
+
+# 7b: incremental backups of two sparse devices (dm-zero: reads return
+# zeros, writes are dropped and marked in the CBT map), BK_SMALL_GIB and
+# BK_LARGE_GIB, after BK_CHANGED per mille of the small device's blocks
+# were written (the same number of blocks on both), each from a snapshot
+# taken for it (`blksnap backup --snapshot`). The first backup of
+# each is seeded (scripts/bench-backup-seed.py) from a real full backup of
+# a 64 MiB dm-zero device: reading 64 GiB through the page cache would take
+# a quarter of an hour here.
+bench_backup_incr() {
+	local rep=$1 seed dev g mm out cbt bs blocks small_blocks=0 pm n t0 map_s cli_s sid
+	note "dm-zero rep $rep: incremental backups"
+	rm -rf "$BK/seed" "$BK/incr"
+	seed=$(dm_create bench-bk-seed "0 $((64 << 11)) zero") || return 1
+	"$CLI" backup -d "$seed" --dir "$BK/seed" --storage-device /dev/vdb \
+		--storage-range "0:$((2 * R * 2048))" --no-progress >/dev/null || return 1
+	untrack "$seed"
+	dmsetup remove --noudevsync bench-bk-seed
+	for g in $BK_SMALL_GIB $BK_LARGE_GIB; do
+		dev=$(dm_create bench-bk "0 $((g << 21)) zero") || return 1
+		mm=$(dmsetup info -c --noheadings -o major,minor bench-bk)
+		mm=${mm// /}
+		# A snapshot taken and destroyed: the CBT state that a full backup
+		# read from it records.
+		out=$("$CLI" snapshot_create -d "$dev") || return 1
+		sid=$(val id "$out")
+		"$CLI" snapshot_appendstorage -i "$sid" -d /dev/vdb -r "0:$((2 * R * 2048))" >/dev/null || return 1
+		"$CLI" snapshot_take -i "$sid" >/dev/null || return 1
+		cbt=$(cbt_of "$mm" "$("$CLI" tracker_collect)")
+		"$CLI" snapshot_destroy -i "$sid" >/dev/null || return 1
+		bs=$(val blk_size "$cbt")
+		blocks=$(val blk_count "$cbt")
+		((small_blocks)) || small_blocks=$blocks
+		python3 "$BLKSNAP_ROOT/scripts/bench-backup-seed.py" --seed "$BK/seed" --dir "$BK/incr" \
+			--device "$dev" --generation "$(val generation_id "$cbt")" \
+			--snap-number "$(val snap_number "$cbt")" --block-size "$bs" \
+			--capacity "$(val device_capacity "$cbt")" >/dev/null || return 1
+		for pm in $BK_CHANGED; do
+			n=$((small_blocks * pm / 1000))
+			# n distinct blocks at random (fio's random map)
+			fio --name=bkchange --filename="$dev" "${FIO_COMMON[@]}" --rw=randwrite --bs="$bs" \
+				--iodepth=16 --number_ios="$n" --output=/dev/null || return 1
+			# The snapshot is taken here, so the CBT map can be read by
+			# itself before the backup reads it again.
+			out=$("$CLI" snapshot_create -d "$dev") || return 1
+			sid=$(val id "$out")
+			"$CLI" snapshot_appendstorage -i "$sid" -d /dev/vdb -r "0:$((2 * R * 2048))" >/dev/null || return 1
+			"$CLI" snapshot_take -i "$sid" >/dev/null || return 1
+			# (what starting the CLI costs, for the map read's time)
+			t0=$(date +%s%N)
+			"$CLI" version >/dev/null || return 1
+			cli_s=$(elapsed "$t0")
+			t0=$(date +%s%N)
+			"$CLI" tracker_readcbtmap -d "$dev" -f "$BK/map" || return 1
+			map_s=$(elapsed "$t0")
+			drop_caches
+			out=$("$CLI" backup --snapshot "$sid" --dir "$BK/incr" --no-progress) || return 1
+			"$CLI" snapshot_destroy -i "$sid" >/dev/null || return 1
+			record "backup what=incr rep=$rep size_gib=$g block=$bs blocks=$blocks changed=$n kind=$(val kind "$out") copied=$(val blocks_copied "$out") bytes=$(val bytes "$out") copy_seconds=$(val seconds "$out") seconds=$(valn seconds 2 "$out") map_seconds=$map_s cli_seconds=$cli_s"
+			note "incremental, $g GiB, $n blocks changed: $(val kind "$out"), $(valn seconds 2 "$out") s"
+			if [ "$(val kind "$out")" != incremental ] || [ "$(val blocks_copied "$out")" != "$n" ]; then
+				note "expected an incremental backup of $n blocks: $out"
+				return 1
+			fi
+			rm -f "$BK/incr/"*.incr "$BK/map"
+		done
+		# The same number of blocks as the last backup, read at random
+		# from the device itself through the page cache (no snapshot, no
+		# hashes, no file): what reading them costs by itself.
+		if ((g == BK_SMALL_GIB)); then
+			FIO_BS=$bs FIO_N=$n fio_jobs bkincrraw "z$g" "$rep" "$dev" blkread || return 1
+		fi
+		untrack "$dev"
+		dmsetup remove --noudevsync bench-bk
+		rm -rf "$BK/incr"
+	done
+	rm -rf "$BK/seed"
+}
+
+bench_backup() {
+	local rc=0
+	mkdir -p "$BK"
+	mount -t tmpfs -o size=1600m bench-backup "$BK" || return 1
+	bench_backup_full "$1" && bench_backup_incr "$1" || rc=1
+	umount "$BK"
+	return $rc
 }
 
 guest() {
@@ -322,7 +548,7 @@ guest() {
 	note "Linux $(uname -r), $(nproc) CPUs; reps=$REPS runtime=${RUNTIME}s region=${R}MiB devices=$DEVICES clock=$CLOCK"
 	record "params reps=$REPS runtime=$RUNTIME region_mib=$R chunk=$CHUNK kernel=$(uname -r) clock=$CLOCK devices=${DEVICES// /,} disk=${BENCH_DISK:-unthrottled}"
 	[ -x "$CLI" ] || die "the CLI is not built ($CLI)"
-	if want_dev virtio || want mem; then
+	if want_dev virtio || want mem || want backup; then
 		{ [ -b /dev/vda ] && [ -b /dev/vdb ]; } || die "the virtio disks are missing"
 	fi
 	# brd devices of 3 regions: the region, then room for storage on the same device.
@@ -350,6 +576,7 @@ guest() {
 			if want_dev virtio; then bench_cow virtio /dev/vda /dev/vdb "$vsame" $rep || return 1; fi
 		fi
 		if want stall; then bench_stall $rep || return 1; fi
+		if want backup; then bench_backup $rep || return 1; fi
 	done
 	if want_dev brd; then dmsetup remove --noudevsync bench-same-brd; fi
 	if want_dev virtio; then dmsetup remove --noudevsync bench-same-vd; fi
@@ -384,10 +611,10 @@ while (($#)); do
 done
 if ((quick)); then
 	: "${reps:=2}" "${runtime:=2}" "${region:=32}"
-	mem_chunks=20000 timeout=2400
+	mem_chunks="10000 100000" bk_small_gib=1 timeout=2400
 else
 	: "${reps:=5}" "${runtime:=5}" "${region:=128}"
-	mem_chunks=100000 timeout=$((3600 * 3))
+	mem_chunks="10000 100000 1000000" bk_small_gib=2 timeout=$((3600 * 3))
 fi
 [[ $reps =~ ^[1-9][0-9]*$ && $runtime =~ ^[1-9][0-9]*$ && $region =~ ^[1-9][0-9]*$ ]] ||
 	die "--reps, --runtime and --region want positive numbers"
@@ -424,7 +651,6 @@ mkdir -p "$work"
 # written in full, so no first write allocates blocks.
 DISK_IOPS=3000 DISK_MIBPS=125
 store_mib=$((2 * region))
-((store_mib > mem_chunks * 4 / 1024 + 8)) || store_mib=$((mem_chunks * 4 / 1024 + 8))
 disk_mib=$((3 * region + store_mib))
 disk_dir=$work disk_where=disk
 if [ -d /dev/shm ] && [ -w /dev/shm ] &&
@@ -448,9 +674,9 @@ dd if=/dev/zero of="$disk_img" bs=1M count=$((3 * region)) status=none
 dd if=/dev/zero of="$store_img" bs=1M count="$store_mib" status=none
 log "virtio disks: files in the host's $disk_where, $DISK_IOPS I/Os and $DISK_MIBPS MiB per second each"
 
-groups=${BENCH_ONLY:-held cow stall mem}
+groups=${BENCH_ONLY:-held cow stall backup mem}
 common_env=(-e BENCH_REPS="$reps" -e BENCH_RUNTIME="$runtime" -e BENCH_REGION_MIB="$region"
-	-e BENCH_MEM_CHUNKS="$mem_chunks")
+	-e BENCH_MEM_CHUNKS="$mem_chunks" -e BENCH_BK_SMALL_GIB="$bk_small_gib")
 rc=0 results=()
 # The ramdisk measures the CPU cost of the code paths. Timed by the wall
 # clock, TCG on this host swings by tens of percent from one second to the
