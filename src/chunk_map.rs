@@ -29,7 +29,7 @@
 //! Needs no kernel types: `cargo test` covers it on the host through the
 //! `blksnap-logic` crate.
 
-use core::ops::DerefMut;
+use core::ops::{DerefMut, Range};
 
 /// Chunks per group: one bitmap word, one leaf, one reader count.
 pub const GROUP_CHUNKS: u64 = 64;
@@ -270,6 +270,21 @@ where
         }
     }
 
+    /// Counts one read in flight on the original for each chunk of
+    /// `range`, in each chunk's group; `false` (nothing counted) if a chunk
+    /// is outside or a count would pass its limit.
+    pub fn add_readers(&mut self, range: Range<u64>) -> bool {
+        let counted = range.clone().take_while(|&c| self.add_reader(c)).count();
+        if counted == range.clone().count() {
+            return true;
+        }
+        // Under the same lock as the counting: nobody saw these counts.
+        for c in range.take(counted) {
+            self.drop_reader(c);
+        }
+        false
+    }
+
     /// Counts one read fewer in chunk `c`'s group; returns whether a
     /// writer waits for the group and none is left now (wake it).
     pub fn drop_reader(&mut self, c: u64) -> bool {
@@ -465,6 +480,15 @@ mod tests {
         assert!(m.end_wait(1), "the last writer: reads may go");
         assert!(!m.writer_waits(0));
         assert!(!m.add_reader(200), "outside");
+        assert!(!m.add_readers(190..201), "partly outside: nothing counted");
+        assert_eq!(m.readers(190), 0);
+        assert!(m.add_readers(120..130));
+        assert_eq!(m.readers(120), 8, "one per chunk");
+        assert_eq!(m.readers(128), 2);
+        m.groups[1].readers = u32::MAX - 1;
+        assert!(!m.add_readers(126..130), "at the limit: nothing counted");
+        assert_eq!(m.readers(64), u32::MAX - 1);
+        assert_eq!(m.readers(128), 2);
         assert_eq!(m.readers(200), 0);
     }
 }

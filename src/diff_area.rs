@@ -159,6 +159,17 @@ impl Room {
     }
 }
 
+/// `n` values made by `f`, in one virtually contiguous allocation.
+fn filled<T>(n: u64, f: impl Fn() -> T) -> Result<VVec<T>> {
+    let n = usize::try_from(n).map_err(|_| ENOMEM)?;
+    let mut v = VVec::with_capacity(n, GFP_KERNEL)?;
+    for _ in 0..n {
+        // Within the capacity allocated above: does not allocate.
+        v.push(f(), GFP_KERNEL)?;
+    }
+    Ok(v)
+}
+
 impl DiffArea {
     /// The copy-on-write state of `tracker`'s device for a snapshot being
     /// taken, with chunks of 2^`chunk_shift` bytes.
@@ -172,18 +183,9 @@ impl DiffArea {
         let geometry = Geometry::new(chunk_shift, capacity).ok_or(EINVAL)?;
         let spare = KVec::with_capacity(geometry.batch_chunks(), GFP_KERNEL)?;
         let chunk_count = geometry.chunk_count();
-        let words = usize::try_from(chunk_bits::words_for(chunk_count)).map_err(|_| ENOMEM)?;
-        let mut bits = VVec::with_capacity(words, GFP_KERNEL)?;
-        for _ in 0..words {
-            bits.push(AtomicU64::new(0), GFP_KERNEL)?;
-        }
+        let bits = filled(chunk_bits::words_for(chunk_count), || AtomicU64::new(0))?;
         let settled = ChunkBits::new(bits, chunk_count).ok_or(EINVAL)?;
-        let group_count =
-            usize::try_from(chunk_map::groups_for(chunk_count)).map_err(|_| ENOMEM)?;
-        let mut groups = VVec::with_capacity(group_count, GFP_KERNEL)?;
-        for _ in 0..group_count {
-            groups.push(Group::new(), GFP_KERNEL)?;
-        }
+        let groups = filled(chunk_map::groups_for(chunk_count), Group::new)?;
         let map = ChunkMap::new(groups, chunk_count).ok_or(EINVAL)?;
         Arc::pin_init(
             pin_init!(DiffArea {

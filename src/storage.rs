@@ -87,7 +87,7 @@ impl Storage {
         let bdev = BlockDevice::open(dev)?;
         let capacity = bdev.nr_sectors().min(chunk_map::SECTOR_LIMIT);
         let mut inner = self.inner.lock();
-        let known = self.index_of(dev).is_some();
+        let known = self.find(dev).is_some();
         if !known && self.devices.lock().len() > usize::from(u16::MAX) {
             return Err(EINVAL);
         }
@@ -180,8 +180,7 @@ impl Storage {
             );
         }
         drop(inner);
-        let dev = self.index_of(slot.dev).ok_or(EIO)?;
-        let bdev = self.device(dev)?;
+        let (dev, bdev) = self.find(slot.dev).ok_or(EIO)?;
         Ok((
             Slot {
                 dev,
@@ -201,10 +200,11 @@ impl Storage {
             .ok_or(EIO)
     }
 
-    /// Storage device `dev`'s index in the device list, if it is there.
-    fn index_of(&self, dev: DevNum) -> Option<u16> {
+    /// Storage device `dev`'s index in the device list and the device, if
+    /// it is there.
+    fn find(&self, dev: DevNum) -> Option<(u16, Arc<BlockDevice>)> {
         let devices = self.devices.lock();
         let i = devices.iter().position(|d| d.dev() == dev)?;
-        u16::try_from(i).ok()
+        Some((u16::try_from(i).ok()?, devices.get(i)?.clone()))
     }
 }

@@ -46,7 +46,6 @@ impl DiffArea {
     /// returns their entries, in the same order.
     fn copy(&self, claimed: &[u64]) -> Result<KVec<Entry>> {
         let cs = self.geometry.chunk_sectors();
-        let mut slots = KVec::with_capacity(claimed.len(), GFP_KERNEL)?;
         let mut stored = KVec::with_capacity(claimed.len(), GFP_KERNEL)?;
         let mut targets = KVec::with_capacity(claimed.len(), GFP_KERNEL)?;
         for _ in claimed {
@@ -54,7 +53,6 @@ impl DiffArea {
             // The storage refuses sectors an entry cannot hold.
             let entry = Entry::stored(slot.dev, slot.sector).ok_or(EINVAL)?;
             // Within the capacities allocated above: do not allocate.
-            slots.push(slot, GFP_NOWAIT)?;
             stored.push(entry, GFP_NOWAIT)?;
             targets.push(bdev, GFP_NOWAIT)?;
         }
@@ -84,9 +82,13 @@ impl DiffArea {
                 })
             };
             let write = |i: usize| {
+                // Every entry is a stored one (made above).
+                let Entry::Stored { sector, .. } = *stored.get(i)? else {
+                    return None;
+                };
                 Some(PageIo {
                     bdev: targets.get(i)?,
-                    sector: slots.get(i)?.sector,
+                    sector,
                     sectors: geometry.sectors_of(*claimed.get(i)?),
                     pages: buffers.get(i)?,
                 })

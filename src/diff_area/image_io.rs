@@ -155,19 +155,9 @@ impl DiffArea {
         let Some(source) = first else {
             return Some(bio);
         };
-        if matches!(source, Source::Original) {
-            let counted = range.clone().take_while(|&c| chunks.add_reader(c)).count();
-            if counted < range.clone().count() {
-                // A count at its limit: undo, and let the worker serve it.
-                let mut wake = false;
-                for c in range.clone().take(counted) {
-                    wake |= chunks.drop_reader(c);
-                }
-                if wake {
-                    this.changed.notify_all();
-                }
-                return Some(bio);
-            }
+        // A count at its limit: the worker serves it.
+        if matches!(source, Source::Original) && !chunks.add_readers(range.clone()) {
+            return Some(bio);
         }
         drop(chunks);
         let (via, target, counted) = match source {
