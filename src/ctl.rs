@@ -368,38 +368,35 @@ impl Control {
             return Err(errno::ealready());
         }
         state.snapshots.reserve(1, GFP_KERNEL)?;
-        // Attach trackers; on failure, detach the ones this call created.
-        let mut trackers = KVec::with_capacity(devs.len(), GFP_KERNEL)?;
+        // Attach trackers, make the snapshot and report its id; on failure,
+        // detach the trackers this call created (after the snapshot is gone).
         let mut created = KVec::with_capacity(devs.len(), GFP_KERNEL)?;
-        let attached = (|| -> Result {
+        let made = (|| -> Result<Arc<Snapshot>> {
+            let mut trackers = KVec::with_capacity(devs.len(), GFP_KERNEL)?;
             for &dev in devs.iter() {
                 if state.trackers.find(dev).is_none() {
                     created.push(dev, GFP_KERNEL)?;
                 }
                 trackers.push(state.trackers.attach(dev, &params)?, GFP_KERNEL)?;
             }
-            Ok(())
+            let snapshot = Snapshot::new(trackers, &params)?;
+            let id_off = offset_of!(blk_snap_snapshot_create, id);
+            if let Err(e) = write_at(arg, id_off, snapshot.id()) {
+                snapshot.destroy();
+                return Err(e);
+            }
+            Ok(snapshot)
         })();
-        let snapshot = attached.and_then(|()| Snapshot::new(trackers, &params));
-        let snapshot = match snapshot {
-            Ok(s) => s,
+        match made {
+            // Cannot fail: reserved above.
+            Ok(snapshot) => state.snapshots.push(snapshot, GFP_KERNEL)?,
             Err(e) => {
                 for &dev in created.iter() {
                     let _ = state.trackers.remove(dev);
                 }
                 return Err(e);
             }
-        };
-        let id_off = offset_of!(blk_snap_snapshot_create, id);
-        if let Err(e) = write_at(arg, id_off, snapshot.id()) {
-            snapshot.destroy();
-            for &dev in created.iter() {
-                let _ = state.trackers.remove(dev);
-            }
-            return Err(e);
         }
-        // Cannot fail: reserved above.
-        state.snapshots.push(snapshot, GFP_KERNEL)?;
         Ok(0)
     }
 

@@ -6,17 +6,22 @@
 //! one never allocates (it may happen on the I/O path). When the ring is
 //! full the oldest event is dropped: the newest state matters most.
 //!
-//! Locking: `inner` (a spinlock, taken with interrupts enabled) protects the
-//! ring and the closed flag; `wait` is signalled on every push and on close.
-//! Events are queued from process context and work items, and in one case
-//! from the bio filter in the submitter's context: the `corrupted` event
-//! when a held-back write finds no memory for its work item.
+//! Locking: `inner` (an [`IrqSpinLock`]) protects the ring and the closed
+//! flag; `wait` is signalled on every push and on close. Events are queued
+//! from process context and work items, and in one case from the bio filter
+//! in the submitter's context, which may be softirq: the `corrupted` event
+//! when a held-back write finds no memory for its work item. Hence the lock
+//! disables interrupts, as the filter's other locks do.
 
-use crate::{cbt_map::copy_prefix, ring::Ring};
+use crate::{
+    cbt_map::copy_prefix,
+    ring::Ring,
+    sys::sync::{new_irq_spinlock, IrqSpinLock},
+};
 use kernel::{
-    new_condvar, new_spinlock,
+    new_condvar,
     prelude::*,
-    sync::{CondVar, CondVarTimeoutResult, SpinLock},
+    sync::{CondVar, CondVarTimeoutResult},
     time::msecs_to_jiffies,
 };
 
@@ -49,7 +54,7 @@ struct Inner {
 #[pin_data]
 pub(crate) struct EventQueue {
     #[pin]
-    inner: SpinLock<Inner>,
+    inner: IrqSpinLock<Inner>,
     #[pin]
     wait: CondVar,
 }
@@ -68,7 +73,7 @@ impl EventQueue {
             closed: false,
         };
         Ok(try_pin_init!(EventQueue {
-            inner <- new_spinlock!(inner, "blksnap_event_queue"),
+            inner <- new_irq_spinlock!(inner, "blksnap_event_queue"),
             wait <- new_condvar!("blksnap_event_wait"),
         }))
     }

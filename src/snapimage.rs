@@ -28,6 +28,7 @@ use crate::{
     diff_area::DiffArea,
     minors::{MinorMap, Slots, TakeError},
     sys::{
+        bdev::MINOR_MAX,
         bio::Bio,
         disk::{image_disk, DiskOperations, ImageDisk, ImageMajor},
         work, NoIo,
@@ -58,11 +59,12 @@ impl Slots for KVec<bool> {
 }
 
 impl Minors {
-    /// Creates the set with no minor in use; any `u32` may be handed out.
+    /// Creates the set with no minor in use; any minor a `dev_t` can carry
+    /// may be handed out.
     pub(crate) fn new() -> Result<Arc<Self>> {
         Arc::pin_init(
             pin_init!(Minors {
-                map <- new_mutex!(MinorMap::new(KVec::new(), u32::MAX), "blksnap_minors"),
+                map <- new_mutex!(MinorMap::new(KVec::new(), MINOR_MAX), "blksnap_minors"),
             }),
             GFP_KERNEL,
         )

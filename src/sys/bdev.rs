@@ -15,7 +15,7 @@ use kernel::{error::from_err_ptr, prelude::*};
 /// The largest major number a `dev_t` can carry.
 const MAJOR_MAX: u32 = (1 << 12) - 1;
 /// The largest minor number a `dev_t` can carry.
-const MINOR_MAX: u32 = (1 << 20) - 1;
+pub(crate) const MINOR_MAX: u32 = (1 << 20) - 1;
 
 /// A device number: the kernel's `dev_t` (`MKDEV(major, minor)`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
