@@ -229,7 +229,7 @@ dm_drop() {
 # Scenarios 1, 2 and 4 for one device: D is its label, DEV the device, STORE
 # the other device that holds the difference storage.
 bench_held() {
-	local d=$1 dev=$2 store=$3 rep=$4 wl
+	local d=$1 dev=$2 store=$3 rep=$4 wl lin
 	note "$d rep $rep: baseline, tracking only, image reads, steady state"
 	# Tracking only runs before the baseline in odd repetitions, so the
 	# order does not favour either.
@@ -244,6 +244,13 @@ bench_held() {
 	if ((rep % 2 == 0)); then
 		fio_jobs track "$d" "$rep" "$dev" w4k1 w4k32 s1m || return 1
 	fi
+	# The reference for the image's reads: dm-linear over the tracked
+	# device, the kernel's own thinnest remapping layer (a clone per bio,
+	# sent on to the device below), so the cost of a stacked bio-based
+	# device by itself.
+	lin=$(dm_create "bench-lin-$d" "0 $((R * 2048)) linear $dev 0") || return 1
+	fio_jobs linear "$d" "$rep" "$lin" r1m r4k || return 1
+	dmsetup remove --noudevsync "bench-lin-$d" || return 1
 	snap_make "$dev" "$store" 0 $((2 * R * 2048)) || return 1
 	fio_jobs imgclean "$d" "$rep" "$IMG" r1m r4k || return 1
 	fio_jobs fill "$d" "$rep" "$dev" fill || return 1
