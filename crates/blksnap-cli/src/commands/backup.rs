@@ -399,7 +399,7 @@ pub fn verify(_ctx: &Ctx, args: &VerifyArgs) -> CmdResult {
         })?;
         let geo = dc.geometry();
         let sums = read_sums(&dir.join(&entry.sums), geo.blocks())?;
-        let f = open_read(image)?;
+        let f = backup::open_stream(image)?;
         let pb = progress_bar(geo.capacity, &dc.name, enabled);
         let bad = backup::verify_image(&f, image, geo, &sums, &|n| pb.inc(n));
         pb.finish_and_clear();

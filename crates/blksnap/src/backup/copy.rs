@@ -53,29 +53,29 @@ pub fn write_full(
 }
 
 /// Writes an incremental file: `header`, then the data of its ranges read
-/// from `src`; updates `sums` (the hashes of the previous backup) to this
-/// backup's.
+/// from `src`; returns the hashes of the blocks written, in the order of
+/// the header's ranges (see [`derive_sums`](super::derive_sums)).
 pub fn write_incremental(
     src: &File,
     src_path: &Path,
     dst: &File,
     dst_path: &Path,
     header: &IncrementalHeader,
-    sums: &mut [u64],
     progress: &dyn Fn(u64),
-) -> Result<CopyStats> {
+) -> Result<(Vec<u64>, CopyStats)> {
     let geo = Geometry::new(header.block_size.into(), header.capacity);
     let mut out = BufWriter::with_capacity(1 << 20, dst);
     let werr = |e: std::io::Error| io_err("write", dst_path, &e);
     out.write_all(&header.encode()).map_err(werr)?;
     let mut stats = CopyStats::default();
-    for_each_block(src, src_path, geo, &header.ranges, progress, |b, data| {
-        sums[b as usize] = block_hash(data);
+    let mut sums = Vec::new();
+    for_each_block(src, src_path, geo, &header.ranges, progress, |_, data| {
+        sums.push(block_hash(data));
         stats.blocks += 1;
         stats.bytes += data.len() as u64;
         out.write_all(data).map_err(werr)
     })?;
     let f = out.into_inner().map_err(|e| werr(e.into_error()))?;
     f.sync_all().map_err(werr)?;
-    Ok(stats)
+    Ok((sums, stats))
 }

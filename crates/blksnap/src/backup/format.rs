@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use uuid::Uuid;
@@ -151,6 +152,46 @@ pub fn read_sums(path: &Path, blocks: u64) -> Result<Vec<u64>> {
         .collect())
 }
 
+/// Writes the `.sums` file `to` of an incremental backup: the previous
+/// backup's `from` (of `blocks` hashes) with the hashes of the blocks of
+/// `ranges` replaced by `changed` (in the ranges' order).
+///
+/// The copy is the kernel's (`copy_file_range`, a reflink where the
+/// filesystem shares blocks), and only the changed hashes are written, so
+/// the cost follows the changed blocks, not the device's size.
+pub fn derive_sums(
+    from: &Path,
+    to: &Path,
+    blocks: u64,
+    ranges: &[BlockRange],
+    changed: &[u64],
+) -> Result<()> {
+    let src = File::open(from).map_err(|e| io_err("open", from, &e))?;
+    let len = src.metadata().map_err(|e| io_err("stat", from, &e))?.len();
+    if len != blocks * 8 {
+        return Err(backup_err(
+            from,
+            format!("{len} bytes of block hashes, expected {}", blocks * 8),
+        ));
+    }
+    if ranges.iter().map(|r| r.count).sum::<u64>() != changed.len() as u64
+        || ranges.iter().any(|r| r.first + r.count > blocks)
+    {
+        return Err(backup_err(to, "changed hashes do not match their ranges"));
+    }
+    let mut dst = File::create(to).map_err(|e| io_err("create", to, &e))?;
+    let werr = |e: std::io::Error| io_err("write", to, &e);
+    std::io::copy(&mut &src, &mut dst).map_err(werr)?;
+    let mut rest = changed;
+    for r in ranges {
+        let (these, after) = rest.split_at(r.count as usize);
+        let raw: Vec<u8> = these.iter().flat_map(|s| s.to_le_bytes()).collect();
+        dst.write_all_at(&raw, r.first * 8).map_err(werr)?;
+        rest = after;
+    }
+    dst.sync_all().map_err(werr)
+}
+
 /// Writes a `.sums` file.
 pub fn write_sums(path: &Path, sums: &[u64]) -> Result<()> {
     let mut raw = Vec::with_capacity(sums.len() * 8);
@@ -166,6 +207,44 @@ pub fn write_sums(path: &Path, sums: &[u64]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::TempDir;
+
+    #[test]
+    fn derived_sums_are_the_previous_with_the_changed_replaced() {
+        let dir = TempDir::new("sums");
+        let (prev, next) = (dir.path().join("a.sums"), dir.path().join("b.sums"));
+        let old: Vec<u64> = (0..100).collect();
+        write_sums(&prev, &old).unwrap();
+        let ranges = [
+            BlockRange { first: 0, count: 2 },
+            BlockRange {
+                first: 50,
+                count: 3,
+            },
+            BlockRange {
+                first: 99,
+                count: 1,
+            },
+        ];
+        let changed = [1000, 1001, 1050, 1051, 1052, 1099];
+        derive_sums(&prev, &next, 100, &ranges, &changed).unwrap();
+        let mut want = old.clone();
+        for (b, s) in [0, 1, 50, 51, 52, 99].into_iter().zip(changed) {
+            want[b] = s;
+        }
+        assert_eq!(read_sums(&next, 100).unwrap(), want);
+        // The previous file is untouched.
+        assert_eq!(read_sums(&prev, 100).unwrap(), old);
+        // Hashes that do not fill the ranges, ranges past the end, or a
+        // previous file of another size are refused.
+        assert!(derive_sums(&prev, &next, 100, &ranges, &changed[..5]).is_err());
+        let past = [BlockRange {
+            first: 99,
+            count: 2,
+        }];
+        assert!(derive_sums(&prev, &next, 100, &past, &[1, 2]).is_err());
+        assert!(derive_sums(&prev, &next, 101, &ranges, &changed).is_err());
+    }
 
     #[test]
     fn header_round_trip() {

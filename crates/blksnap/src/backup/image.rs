@@ -6,6 +6,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::mpsc::sync_channel;
+use std::thread;
 
 use nix::libc;
 
@@ -43,8 +45,63 @@ pub fn is_block_device(file: &File) -> bool {
         .unwrap_or(false)
 }
 
+/// Opens a snapshot image (or any file or block device) to be read once
+/// through: a block device bypasses the page cache (`O_DIRECT`), so a
+/// backup neither fills the cache with data it reads once nor pays for
+/// readahead around the scattered blocks of an incremental backup. A
+/// regular file, or a device that refuses `O_DIRECT`, is read through the
+/// cache.
+pub fn open_stream(path: &Path) -> Result<File> {
+    let file = open_read(path)?;
+    if !is_block_device(&file) {
+        return Ok(file);
+    }
+    match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(direct) => Ok(direct),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(file),
+        Err(e) => Err(io_err("open", path, &e)),
+    }
+}
+
+/// The alignment of read buffers: `O_DIRECT` wants the memory aligned to
+/// the device's logical block size, which a page covers.
+const BUF_ALIGN: usize = 4096;
+
+/// A read buffer of `len` bytes aligned to [`BUF_ALIGN`].
+struct AlignedBuf {
+    raw: Vec<u8>,
+    start: usize,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> Self {
+        let raw = vec![0u8; len + BUF_ALIGN - 1];
+        let start = raw.as_ptr().align_offset(BUF_ALIGN).min(BUF_ALIGN - 1);
+        AlignedBuf { raw, start }
+    }
+
+    fn get(&mut self, len: usize) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + len]
+    }
+}
+
+/// How many batches are read ahead of the one being processed.
+const BATCHES_AHEAD: usize = 2;
+
+/// One batch read: its first block, how many blocks and bytes, the buffer.
+type Batch = (u64, u64, usize, AlignedBuf);
+
 /// Calls `f(block, data)` for every block of `ranges`, reading `src` in
 /// batches; `progress` gets the bytes of every batch.
+///
+/// A second thread reads the batches ahead (up to [`BATCHES_AHEAD`]) while
+/// `f` processes the one before, so reading the source overlaps hashing
+/// and writing: a backup goes at the pace of the slower of the two, not
+/// of their sum. The first error, of either side, ends the walk.
 pub(super) fn for_each_block(
     src: &File,
     src_path: &Path,
@@ -54,24 +111,55 @@ pub(super) fn for_each_block(
     mut f: impl FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<()> {
     let per_batch = (BATCH_BYTES / geo.block_size).max(1);
-    let mut buf = vec![0u8; (per_batch * geo.block_size) as usize];
-    for r in ranges {
-        let mut b = r.first;
-        let end = r.first + r.count;
-        while b < end {
-            let n = per_batch.min(end - b);
-            let len = geo.bytes(b, n) as usize;
-            let data = &mut buf[..len];
-            src.read_exact_at(data, geo.offset(b))
-                .map_err(|e| io_err("read", src_path, &e))?;
+    let buf_len = (per_batch * geo.block_size) as usize;
+    let (full_tx, full_rx) = sync_channel::<Result<Batch>>(BATCHES_AHEAD);
+    let (free_tx, free_rx) = sync_channel::<AlignedBuf>(BATCHES_AHEAD + 1);
+    thread::scope(|scope| {
+        // Owned here, so both close when the walk ends, early or not: the
+        // reader, waiting to send a batch or for a buffer, then stops.
+        let (full_rx, free_tx) = (full_rx, free_tx);
+        scope.spawn(move || {
+            let mut spare = 0;
+            for r in ranges {
+                let mut b = r.first;
+                let end = r.first + r.count;
+                while b < end {
+                    // A new buffer while fewer than all are in use, else
+                    // the next one the walk gives back (none: it ended).
+                    let mut buf = if spare < BATCHES_AHEAD + 1 {
+                        spare += 1;
+                        AlignedBuf::new(buf_len)
+                    } else {
+                        match free_rx.recv() {
+                            Ok(buf) => buf,
+                            Err(_) => return,
+                        }
+                    };
+                    let n = per_batch.min(end - b);
+                    let len = geo.bytes(b, n) as usize;
+                    let read = src
+                        .read_exact_at(buf.get(len), geo.offset(b))
+                        .map_err(|e| io_err("read", src_path, &e));
+                    let failed = read.is_err();
+                    if full_tx.send(read.map(|()| (b, n, len, buf))).is_err() || failed {
+                        return;
+                    }
+                    b += n;
+                }
+            }
+        });
+        for batch in full_rx {
+            let (b, _n, len, mut buf) = batch?;
+            let data = buf.get(len);
             for (i, chunk) in data.chunks(geo.block_size as usize).enumerate() {
                 f(b + i as u64, chunk)?;
             }
             progress(len as u64);
-            b += n;
+            // The reader may have stopped needing buffers: nothing to do.
+            let _ = free_tx.send(buf);
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 pub(super) fn all_zero(data: &[u8]) -> bool {
@@ -83,6 +171,106 @@ pub(super) fn all_zero(data: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::TempDir;
+
+    /// A file of `blocks` blocks of 4 KiB, block `b` filled with `b as u8`.
+    struct Numbered {
+        _dir: TempDir,
+        path: std::path::PathBuf,
+        file: File,
+    }
+
+    impl Numbered {
+        fn new(blocks: u64) -> (Self, Geometry) {
+            let dir = TempDir::new("walk");
+            let path = dir.path().join("image");
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .unwrap();
+            for b in 0..blocks {
+                file.write_all_at(&[b as u8; 4096], b * 4096).unwrap();
+            }
+            let geo = Geometry::new(4096, blocks * 4096);
+            (
+                Numbered {
+                    _dir: dir,
+                    path,
+                    file,
+                },
+                geo,
+            )
+        }
+        fn as_file(&self) -> &File {
+            &self.file
+        }
+        fn path(&self) -> &Path {
+            &self.path
+        }
+    }
+
+    #[test]
+    fn walk_visits_every_block_in_order_across_batches() {
+        let per_batch = BATCH_BYTES / 4096;
+        let blocks = 3 * per_batch + 5;
+        let (f, geo) = Numbered::new(blocks);
+        let ranges = [
+            BlockRange { first: 1, count: 2 },
+            BlockRange {
+                first: 7,
+                count: 2 * per_batch + 3,
+            },
+        ];
+        let mut seen = Vec::new();
+        let read = std::cell::Cell::new(0);
+        for_each_block(
+            f.as_file(),
+            f.path(),
+            geo,
+            &ranges,
+            &|n| read.set(read.get() + n),
+            |b, data| {
+                assert!(data.iter().all(|&x| x == b as u8), "block {b}");
+                seen.push(b);
+                Ok(())
+            },
+        )
+        .unwrap();
+        let want: Vec<u64> = (1..3).chain(7..7 + 2 * per_batch + 3).collect();
+        assert_eq!(seen, want);
+        assert_eq!(read.get(), want.len() as u64 * 4096);
+    }
+
+    #[test]
+    fn walk_stops_at_the_first_error_of_either_side() {
+        let per_batch = BATCH_BYTES / 4096;
+        let (f, geo) = Numbered::new(4 * per_batch);
+        let all = [BlockRange {
+            first: 0,
+            count: 4 * per_batch,
+        }];
+        let mut calls = 0;
+        let r = for_each_block(f.as_file(), f.path(), geo, &all, &|_| {}, |b, _| {
+            calls += 1;
+            if b == per_batch + 1 {
+                return Err(io_err("check", f.path(), &std::io::Error::other("stop")));
+            }
+            Ok(())
+        });
+        assert!(r.is_err());
+        assert_eq!(calls, per_batch + 2);
+        // A read past the end of the file (shorter than the geometry says)
+        // fails the walk.
+        let longer = Geometry::new(4096, (4 * per_batch + 2) * 4096);
+        let past = [BlockRange {
+            first: 4 * per_batch - 1,
+            count: 2,
+        }];
+        let r = for_each_block(f.as_file(), f.path(), longer, &past, &|_| {}, |_, _| Ok(()));
+        assert!(r.is_err());
+    }
 
     #[test]
     fn zero_detection() {

@@ -61,8 +61,10 @@ pub use chain::{
     device_name, valid_name, BackupEntry, Chain, DeviceChain, FullReason, Kind, Plan, CHAIN_FILE,
 };
 pub use copy::{write_full, write_incremental, CopyStats};
-pub use format::{block_hash, read_sums, write_sums, IncrementalHeader, INCREMENTAL_MAGIC};
-pub use image::{is_block_device, open_read, size_of};
+pub use format::{
+    block_hash, derive_sums, read_sums, write_sums, IncrementalHeader, INCREMENTAL_MAGIC,
+};
+pub use image::{is_block_device, open_read, open_stream, size_of};
 pub use restore::{apply_full, apply_incremental, restore, restore_bytes, RestoreStats};
 pub use run::{BackupRun, DeviceResult, Job};
 pub use verify::{compare, verify_files, verify_image, Comparison, FileProblem};

@@ -11,7 +11,7 @@ use nix::libc;
 use uuid::Uuid;
 
 use super::{
-    backup_err, changed_blocks, open_read, read_sums, size_of, valid_name, write_full,
+    backup_err, changed_blocks, derive_sums, open_stream, size_of, valid_name, write_full,
     write_incremental, write_sums, BackupEntry, BlockRange, Chain, FullReason, Geometry,
     IncrementalHeader, Kind, Plan,
 };
@@ -152,7 +152,7 @@ impl BackupRun {
     ) -> Result<DeviceResult> {
         let t0 = Instant::now();
         let geo = Geometry::new(job.cbt.block_size.into(), job.cbt.device_capacity);
-        let src = open_read(image)?;
+        let src = open_stream(image)?;
         let size = size_of(&src, image)?;
         if size < geo.capacity {
             return Err(backup_err(
@@ -176,10 +176,12 @@ impl BackupRun {
             .open(&path)
             .map_err(|e| io_err("create", &path, &e))?;
         self.written.push(path.clone());
-        let (sums, stats, since) = match job.plan {
+        let (stats, since) = match job.plan {
             Plan::Full(_) => {
                 let (sums, stats) = write_full(&src, image, &dst, &path, geo, progress)?;
-                (sums, stats, None)
+                self.written.push(sums_path.clone());
+                write_sums(&sums_path, &sums)?;
+                (stats, None)
             }
             Plan::Incremental { since } => {
                 let dc = self
@@ -187,7 +189,6 @@ impl BackupRun {
                     .device(&job.name)
                     .expect("planned from the chain");
                 let last = dc.backups.last().expect("planned from the chain");
-                let mut sums = read_sums(&self.dir.join(&last.sums), geo.blocks())?;
                 let header = IncrementalHeader {
                     block_size: job.cbt.block_size,
                     capacity: job.cbt.device_capacity,
@@ -196,13 +197,19 @@ impl BackupRun {
                     since_snap_number: since,
                     ranges: job.ranges.clone(),
                 };
-                let stats =
-                    write_incremental(&src, image, &dst, &path, &header, &mut sums, progress)?;
-                (sums, stats, Some(since))
+                let (changed, stats) =
+                    write_incremental(&src, image, &dst, &path, &header, progress)?;
+                self.written.push(sums_path.clone());
+                derive_sums(
+                    &self.dir.join(&last.sums),
+                    &sums_path,
+                    geo.blocks(),
+                    &header.ranges,
+                    &changed,
+                )?;
+                (stats, Some(since))
             }
         };
-        self.written.push(sums_path.clone());
-        write_sums(&sums_path, &sums)?;
         let entry = BackupEntry {
             seq: self.seq,
             kind,
