@@ -30,7 +30,7 @@ FIRST = [("ft4k1", "w4k1", 1, 4096, "4 KiB randwrite QD1"),
          ("ft4k32", "w4k32", 32, 4096, "4 KiB randwrite QD32"),
          ("ft1m", "s1m", 1, 1 << 20, "1 MiB seq write")]
 LIMIT_IO = 4 << 20  # the I/O size of the limit's read and write passes
-READS = [("r1m", "1 MiB seq read", 0.90), ("r4k", "4 KiB randread QD1", 0.80)]
+READS = [("r1m", "1 MiB seq read", 0.90), ("r4k", "4 KiB randread QD1", 0.90)]
 COW = [("blksnap-other", "blksnap, storage on another device"),
        ("blksnap-same", "blksnap, storage on the same device"),
        ("dmN-other", "dm-snapshot transient, another device"),
