@@ -92,26 +92,79 @@ impl AlignedBuf {
 /// How many batches are read ahead of the one being processed.
 const BATCHES_AHEAD: usize = 2;
 
-/// One batch read: its first block, how many blocks and bytes, the buffer.
-type Batch = (u64, u64, usize, AlignedBuf);
+/// One batch read: its first block, its bytes, the buffer holding them.
+type Batch = (u64, usize, AlignedBuf);
+
+/// The batches of `ranges`, each as its first block and its block count.
+fn batches(ranges: &[BlockRange], per_batch: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+    ranges.iter().flat_map(move |r| {
+        let end = r.first + r.count;
+        (r.first..end)
+            .step_by(per_batch as usize)
+            .map(move |b| (b, per_batch.min(end - b)))
+    })
+}
+
+/// Whether `file` was opened with `O_DIRECT`.
+fn is_direct(file: &File) -> bool {
+    nix::fcntl::fcntl(file, nix::fcntl::FcntlArg::F_GETFL)
+        .is_ok_and(|flags| flags & libc::O_DIRECT != 0)
+}
 
 /// Calls `f(block, data)` for every block of `ranges`, reading `src` in
-/// batches; `progress` gets the bytes of every batch.
+/// batches; `progress` gets the bytes of every batch. The first error, of
+/// the reads or of `f`, ends the walk.
 ///
-/// A second thread reads the batches ahead (up to [`BATCHES_AHEAD`]) while
-/// `f` processes the one before, so reading the source overlaps hashing
-/// and writing: a backup goes at the pace of the slower of the two, not
-/// of their sum. The first error, of either side, ends the walk.
+/// A source opened with `O_DIRECT` ([`open_stream`]) has no readahead, so
+/// a second thread reads its batches ahead (up to [`BATCHES_AHEAD`]) while
+/// `f` processes the one before: a backup goes at the pace of the slower
+/// of reading and of hashing and writing, not of their sum. A source read
+/// through the page cache has the kernel's readahead, and is read in line.
 pub(super) fn for_each_block(
     src: &File,
     src_path: &Path,
     geo: Geometry,
     ranges: &[BlockRange],
     progress: &dyn Fn(u64),
+    f: impl FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let ahead = is_direct(src);
+    walk(src, src_path, geo, ranges, progress, ahead, f)
+}
+
+/// [`for_each_block`], with the reads in a thread of their own if `ahead`.
+fn walk(
+    src: &File,
+    src_path: &Path,
+    geo: Geometry,
+    ranges: &[BlockRange],
+    progress: &dyn Fn(u64),
+    ahead: bool,
     mut f: impl FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<()> {
     let per_batch = (BATCH_BYTES / geo.block_size).max(1);
     let buf_len = (per_batch * geo.block_size) as usize;
+    let read = |(b, n): (u64, u64), mut buf: AlignedBuf| -> Result<Batch> {
+        let len = geo.bytes(b, n) as usize;
+        src.read_exact_at(buf.get(len), geo.offset(b))
+            .map_err(|e| io_err("read", src_path, &e))?;
+        Ok((b, len, buf))
+    };
+    let mut process = |(b, len, mut buf): Batch| -> Result<AlignedBuf> {
+        let data = buf.get(len);
+        for (i, chunk) in data.chunks(geo.block_size as usize).enumerate() {
+            f(b + i as u64, chunk)?;
+        }
+        progress(len as u64);
+        Ok(buf)
+    };
+    if !ahead {
+        let mut buf = AlignedBuf::new(buf_len);
+        for batch in batches(ranges, per_batch) {
+            buf = process(read(batch, buf)?)?;
+        }
+        return Ok(());
+    }
     let (full_tx, full_rx) = sync_channel::<Result<Batch>>(BATCHES_AHEAD);
     let (free_tx, free_rx) = sync_channel::<AlignedBuf>(BATCHES_AHEAD + 1);
     thread::scope(|scope| {
@@ -119,42 +172,28 @@ pub(super) fn for_each_block(
         // reader, waiting to send a batch or for a buffer, then stops.
         let (full_rx, free_tx) = (full_rx, free_tx);
         scope.spawn(move || {
-            let mut spare = 0;
-            for r in ranges {
-                let mut b = r.first;
-                let end = r.first + r.count;
-                while b < end {
-                    // A new buffer while fewer than all are in use, else
-                    // the next one the walk gives back (none: it ended).
-                    let mut buf = if spare < BATCHES_AHEAD + 1 {
-                        spare += 1;
-                        AlignedBuf::new(buf_len)
-                    } else {
-                        match free_rx.recv() {
-                            Ok(buf) => buf,
-                            Err(_) => return,
-                        }
-                    };
-                    let n = per_batch.min(end - b);
-                    let len = geo.bytes(b, n) as usize;
-                    let read = src
-                        .read_exact_at(buf.get(len), geo.offset(b))
-                        .map_err(|e| io_err("read", src_path, &e));
-                    let failed = read.is_err();
-                    if full_tx.send(read.map(|()| (b, n, len, buf))).is_err() || failed {
-                        return;
+            let mut made = 0;
+            for batch in batches(ranges, per_batch) {
+                // A new buffer while fewer than all are in use, else the
+                // next one the walk gives back (none: it ended).
+                let buf = if made < BATCHES_AHEAD + 1 {
+                    made += 1;
+                    AlignedBuf::new(buf_len)
+                } else {
+                    match free_rx.recv() {
+                        Ok(buf) => buf,
+                        Err(_) => return,
                     }
-                    b += n;
+                };
+                let batch = read(batch, buf);
+                let failed = batch.is_err();
+                if full_tx.send(batch).is_err() || failed {
+                    return;
                 }
             }
         });
         for batch in full_rx {
-            let (b, _n, len, mut buf) = batch?;
-            let data = buf.get(len);
-            for (i, chunk) in data.chunks(geo.block_size as usize).enumerate() {
-                f(b + i as u64, chunk)?;
-            }
-            progress(len as u64);
+            let buf = process(batch?)?;
             // The reader may have stopped needing buffers: nothing to do.
             let _ = free_tx.send(buf);
         }
@@ -223,24 +262,27 @@ mod tests {
                 count: 2 * per_batch + 3,
             },
         ];
-        let mut seen = Vec::new();
-        let read = std::cell::Cell::new(0);
-        for_each_block(
-            f.as_file(),
-            f.path(),
-            geo,
-            &ranges,
-            &|n| read.set(read.get() + n),
-            |b, data| {
-                assert!(data.iter().all(|&x| x == b as u8), "block {b}");
-                seen.push(b);
-                Ok(())
-            },
-        )
-        .unwrap();
-        let want: Vec<u64> = (1..3).chain(7..7 + 2 * per_batch + 3).collect();
-        assert_eq!(seen, want);
-        assert_eq!(read.get(), want.len() as u64 * 4096);
+        for ahead in [false, true] {
+            let mut seen = Vec::new();
+            let read = std::cell::Cell::new(0);
+            walk(
+                f.as_file(),
+                f.path(),
+                geo,
+                &ranges,
+                &|n| read.set(read.get() + n),
+                ahead,
+                |b, data| {
+                    assert!(data.iter().all(|&x| x == b as u8), "block {b}");
+                    seen.push(b);
+                    Ok(())
+                },
+            )
+            .unwrap();
+            let want: Vec<u64> = (1..3).chain(7..7 + 2 * per_batch + 3).collect();
+            assert_eq!(seen, want, "ahead={ahead}");
+            assert_eq!(read.get(), want.len() as u64 * 4096);
+        }
     }
 
     #[test]
@@ -251,25 +293,35 @@ mod tests {
             first: 0,
             count: 4 * per_batch,
         }];
-        let mut calls = 0;
-        let r = for_each_block(f.as_file(), f.path(), geo, &all, &|_| {}, |b, _| {
-            calls += 1;
-            if b == per_batch + 1 {
-                return Err(io_err("check", f.path(), &std::io::Error::other("stop")));
-            }
-            Ok(())
-        });
-        assert!(r.is_err());
-        assert_eq!(calls, per_batch + 2);
-        // A read past the end of the file (shorter than the geometry says)
-        // fails the walk.
-        let longer = Geometry::new(4096, (4 * per_batch + 2) * 4096);
-        let past = [BlockRange {
-            first: 4 * per_batch - 1,
-            count: 2,
-        }];
-        let r = for_each_block(f.as_file(), f.path(), longer, &past, &|_| {}, |_, _| Ok(()));
-        assert!(r.is_err());
+        for ahead in [false, true] {
+            let mut calls = 0;
+            let r = walk(f.as_file(), f.path(), geo, &all, &|_| {}, ahead, |b, _| {
+                calls += 1;
+                if b == per_batch + 1 {
+                    return Err(io_err("check", f.path(), &std::io::Error::other("stop")));
+                }
+                Ok(())
+            });
+            assert!(r.is_err());
+            assert_eq!(calls, per_batch + 2);
+            // A read past the end of the file (shorter than the geometry says)
+            // fails the walk.
+            let longer = Geometry::new(4096, (4 * per_batch + 2) * 4096);
+            let past = [BlockRange {
+                first: 4 * per_batch - 1,
+                count: 2,
+            }];
+            let r = walk(
+                f.as_file(),
+                f.path(),
+                longer,
+                &past,
+                &|_| {},
+                ahead,
+                |_, _| Ok(()),
+            );
+            assert!(r.is_err());
+        }
     }
 
     #[test]
