@@ -12,7 +12,9 @@
 //! * `Storage::devices` (IRQ-safe spinlock) holds the open storage devices,
 //!   so the image's submit path finds one without sleeping. The list is
 //!   replaced, never changed in place, under `inner`, and only grows: a
-//!   device's index in it, which slots name, never changes.
+//!   device's index in it, which slots name, never changes. The first
+//!   [`FAST_DEVICES`] are also in `Storage::fast`, set once at append and
+//!   read with no lock at all (most snapshots have one storage device).
 //! * `Storage::corrupted` is set once, atomically; whoever sets it queues
 //!   the one `corrupted` event.
 //! * Neither lock is taken while holding a diff area's chunk lock.
@@ -24,7 +26,7 @@ use crate::{
     event_queue::EventQueue,
     sys::{
         bdev::{BlockDevice, DevNum},
-        sync::{new_irq_spinlock, IrqSpinLock},
+        sync::{new_irq_spinlock, IrqSpinLock, OnceArc},
     },
     uapi,
 };
@@ -33,6 +35,9 @@ use kernel::{
     new_mutex,
     sync::{Arc, Mutex},
 };
+
+/// How many storage devices the image's reads find without a lock.
+const FAST_DEVICES: usize = 4;
 
 /// Where one chunk's data is in the difference storage: the storage
 /// device's index in the storage's device list, and the sector there.
@@ -54,6 +59,8 @@ pub(crate) struct Storage {
     /// from the image's submit path take only this spinlock.
     #[pin]
     devices: IrqSpinLock<KVec<Arc<BlockDevice>>>,
+    /// The first devices of `devices`, each set when it is appended.
+    fast: [OnceArc<BlockDevice>; FAST_DEVICES],
     corrupted: AtomicBool,
     /// Sectors to ask for in low_free_space events.
     minimum: u64,
@@ -70,6 +77,7 @@ impl Storage {
             pin_init!(Storage {
                 inner <- new_mutex!(inner, "blksnap_storage"),
                 devices <- new_irq_spinlock!(KVec::new(), "blksnap_storage_devices"),
+                fast: [const { OnceArc::new() }; FAST_DEVICES],
                 corrupted: AtomicBool::new(false),
                 minimum,
                 events,
@@ -124,6 +132,12 @@ impl Storage {
                 devices.push(d.clone(), GFP_NOWAIT)?;
             }
             core::mem::swap(&mut *current, &mut devices);
+            drop(current);
+            if let Some(cell) = self.fast.get(count) {
+                // Appends are serialized, so index `count` is new: the cell
+                // is empty and takes the device.
+                let _ = cell.set(bdev);
+            }
         }
         for r in ranges {
             let e = Extent {
@@ -193,6 +207,9 @@ impl Storage {
     /// The open storage device with index `dev` in the device list. Does
     /// not sleep.
     pub(crate) fn device(&self, dev: u16) -> Result<Arc<BlockDevice>> {
+        if let Some(d) = self.fast.get(usize::from(dev)).and_then(OnceArc::get) {
+            return Ok(d.into());
+        }
         self.devices
             .lock()
             .get(usize::from(dev))

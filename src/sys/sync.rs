@@ -15,6 +15,8 @@
 //!   rare, so they are announced first and wait for an RCU grace period;
 //!   while none is announced, the filter (preemption disabled) takes no
 //!   lock at all. Lock order: the barrier before any [`IrqSpinLock`].
+//! * [`OnceArc`]: a value set once and then read without a lock, for the
+//!   storage devices the image's submit path looks up.
 //! * [`PreemptOff`]: the bio filter's proof that preemption is disabled,
 //!   which also makes it an RCU read-side critical section: RCU grace
 //!   periods wait for code that runs with preemption disabled.
@@ -22,9 +24,12 @@
 use super::bindings;
 use core::{
     marker::PhantomData,
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::atomic::{AtomicPtr, AtomicUsize, Ordering},
 };
-use kernel::{ffi::c_ulong, sync::lock::Backend};
+use kernel::{
+    ffi::c_ulong,
+    sync::{lock::Backend, Arc, ArcBorrow},
+};
 
 /// The backend of [`IrqSpinLock`]: `spin_lock_irqsave` and
 /// `spin_unlock_irqrestore`.
@@ -211,4 +216,64 @@ impl PreemptOff {
 pub(crate) fn synchronize_rcu() {
     // SAFETY: called from process context (ioctls and module unload only).
     unsafe { bindings::synchronize_rcu() };
+}
+
+/// A reference-counted value set at most once and read without a lock:
+/// once set, it stays until the cell is dropped, so a reader borrows it for
+/// as long as it borrows the cell.
+pub(crate) struct OnceArc<T> {
+    /// Null until set; then from [`Arc::into_raw`], holding one reference.
+    ptr: AtomicPtr<T>,
+}
+
+// SAFETY: the cell holds an `Arc<T>`, which may be sent and shared between
+// threads when `T` is `Send + Sync`.
+unsafe impl<T: Send + Sync> Send for OnceArc<T> {}
+// SAFETY: as above; `set` and `get` synchronise through the atomic pointer.
+unsafe impl<T: Send + Sync> Sync for OnceArc<T> {}
+
+impl<T> OnceArc<T> {
+    /// An empty cell.
+    pub(crate) const fn new() -> Self {
+        OnceArc {
+            ptr: AtomicPtr::new(core::ptr::null_mut()),
+        }
+    }
+
+    /// Stores `value` if the cell is empty; gives it back otherwise.
+    pub(crate) fn set(&self, value: Arc<T>) -> core::result::Result<(), Arc<T>> {
+        let raw = Arc::into_raw(value).cast_mut();
+        match self
+            .ptr
+            .compare_exchange(core::ptr::null_mut(), raw, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Ok(()),
+            // SAFETY: `raw` came from `Arc::into_raw` above and was not
+            // stored: its reference is ours again.
+            Err(_) => Err(unsafe { Arc::from_raw(raw) }),
+        }
+    }
+
+    /// The value, if set.
+    pub(crate) fn get(&self) -> Option<ArcBorrow<'_, T>> {
+        let raw = self.ptr.load(Ordering::Acquire);
+        if raw.is_null() {
+            return None;
+        }
+        // SAFETY: a non-null pointer came from `Arc::into_raw` in `set`, and
+        // the cell keeps that reference until it is dropped, which cannot
+        // happen while `self` is borrowed; no `UniqueArc` of it exists.
+        Some(unsafe { ArcBorrow::from_raw(raw) })
+    }
+}
+
+impl<T> Drop for OnceArc<T> {
+    fn drop(&mut self) {
+        let raw = *self.ptr.get_mut();
+        if !raw.is_null() {
+            // SAFETY: from `Arc::into_raw` in `set`; the cell's reference,
+            // given up here once.
+            drop(unsafe { Arc::from_raw(raw) });
+        }
+    }
 }
