@@ -133,19 +133,22 @@ pub fn block_hash(data: &[u8]) -> u64 {
     xxh3_64(data)
 }
 
+/// Checks that the `.sums` file `path`, of `len` bytes, holds `blocks`
+/// hashes.
+fn check_sums_len(path: &Path, len: u64, blocks: u64) -> Result<()> {
+    if len != blocks * 8 {
+        return Err(backup_err(
+            path,
+            format!("{len} bytes of block hashes, expected {}", blocks * 8),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads a `.sums` file of `blocks` hashes.
 pub fn read_sums(path: &Path, blocks: u64) -> Result<Vec<u64>> {
     let raw = std::fs::read(path).map_err(|e| io_err("read", path, &e))?;
-    if raw.len() as u64 != blocks * 8 {
-        return Err(backup_err(
-            path,
-            format!(
-                "{} bytes of block hashes, expected {}",
-                raw.len(),
-                blocks * 8
-            ),
-        ));
-    }
+    check_sums_len(path, raw.len() as u64, blocks)?;
     Ok(raw
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
@@ -168,12 +171,7 @@ pub fn derive_sums(
 ) -> Result<()> {
     let src = File::open(from).map_err(|e| io_err("open", from, &e))?;
     let len = src.metadata().map_err(|e| io_err("stat", from, &e))?.len();
-    if len != blocks * 8 {
-        return Err(backup_err(
-            from,
-            format!("{len} bytes of block hashes, expected {}", blocks * 8),
-        ));
-    }
+    check_sums_len(from, len, blocks)?;
     if ranges.iter().map(|r| r.count).sum::<u64>() != changed.len() as u64
         || ranges.iter().any(|r| r.first + r.count > blocks)
     {

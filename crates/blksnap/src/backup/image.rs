@@ -53,18 +53,11 @@ pub fn is_block_device(file: &File) -> bool {
 /// cache.
 pub fn open_stream(path: &Path) -> Result<File> {
     let file = open_read(path)?;
-    if !is_block_device(&file) {
-        return Ok(file);
+    if is_block_device(&file) {
+        // Refused: read through the cache.
+        let _ = set_direct(&file, true);
     }
-    match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_CLOEXEC | libc::O_DIRECT)
-        .open(path)
-    {
-        Ok(direct) => Ok(direct),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(file),
-        Err(e) => Err(io_err("open", path, &e)),
-    }
+    Ok(file)
 }
 
 /// The alignment of read buffers: `O_DIRECT` wants the memory aligned to
@@ -111,12 +104,13 @@ fn is_direct(file: &File) -> bool {
         .is_ok_and(|flags| flags & libc::O_DIRECT != 0)
 }
 
-/// Turns `O_DIRECT` off on `file`; whether it is off now.
-fn stop_direct(file: &File) -> bool {
+/// Turns `O_DIRECT` on or off on `file`; whether that worked.
+fn set_direct(file: &File, on: bool) -> bool {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     fcntl(file, FcntlArg::F_GETFL)
         .and_then(|flags| {
-            let flags = OFlag::from_bits_truncate(flags) - OFlag::O_DIRECT;
+            let mut flags = OFlag::from_bits_truncate(flags);
+            flags.set(OFlag::O_DIRECT, on);
             fcntl(file, FcntlArg::F_SETFL(flags))
         })
         .is_ok()
@@ -142,8 +136,8 @@ pub(super) fn for_each_block(
     // Reads at block offsets meet any device's `O_DIRECT` alignment when
     // blocks are whole pages (the tracking block is 64 KiB by default);
     // smaller blocks go through the page cache.
-    let ahead =
-        is_direct(src) && (geo.block_size.is_multiple_of(BUF_ALIGN as u64) || !stop_direct(src));
+    let ahead = is_direct(src)
+        && (geo.block_size.is_multiple_of(BUF_ALIGN as u64) || !set_direct(src, false));
     walk(src, src_path, geo, ranges, progress, ahead, f)
 }
 
