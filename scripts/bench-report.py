@@ -479,7 +479,7 @@ def main():
             return f"{rp.cell(v)} (user {u:.2f} s, kernel {k:.2f} s)"
         raw_r, raw_w = fio_rate("devread"), fio_rate("devwrite")
         rows = [("raw sequential read (fio, 1 MiB, queue depth 4, O_DIRECT), writers running", raw_r, raw_r, ""),
-                ("buffered sequential read (dd, 8 MiB reads through the page cache, as the CLI reads), "
+                ("buffered sequential read (dd, 8 MiB reads through the page cache; the CLI reads with O_DIRECT), "
                  "writers running", rates("bufread"), raw_r, ""),
                 ("`blksnap backup`, full: the copy", rates("full", "copy_seconds"), raw_r, ""),
                 ("`blksnap backup`, full: the whole command (snapshot made and destroyed)",
