@@ -243,10 +243,12 @@ impl<T> OnceArc<T> {
     /// Stores `value` if the cell is empty; gives it back otherwise.
     pub(crate) fn set(&self, value: Arc<T>) -> core::result::Result<(), Arc<T>> {
         let raw = Arc::into_raw(value).cast_mut();
-        match self
-            .ptr
-            .compare_exchange(core::ptr::null_mut(), raw, Ordering::AcqRel, Ordering::Acquire)
-        {
+        match self.ptr.compare_exchange(
+            core::ptr::null_mut(),
+            raw,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
             Ok(_) => Ok(()),
             // SAFETY: `raw` came from `Arc::into_raw` above and was not
             // stored: its reference is ours again.
