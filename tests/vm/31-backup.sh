@@ -14,13 +14,14 @@
 #     filesystem metadata and journal outside them.
 # Then a new CBT generation (trackers removed) forces full backups, every
 # earlier backup number still restores to its image's checksum, and the
-# restored ext4 image passes fsck.
+# restored ext4 image passes fsck; and a restore onto a block device
+# (written around the page cache) holds the image a restore into a file has.
 # shellcheck source-path=SCRIPTDIR disable=SC2015,SC2119,SC2086 # "test && test || fail" is meant; names have no spaces
 source "$(dirname "$0")/../cow-lib.sh"
 require_vm
 
 RD_KIB=65536
-EXT=/dev/ram0 RAW=/dev/ram1 STORE=/dev/ram2
+EXT=/dev/ram0 RAW=/dev/ram1 STORE=/dev/ram2 OUTDEV=/dev/ram3
 MNT=/mnt/backup-src
 DATA=$MNT/data.bin
 DATA_MIB=24
@@ -31,11 +32,11 @@ CYCLES=4
 # Writes per writer and burst.
 BURST=60
 
-ktap_plan $((1 + CYCLES * 3 + 4))
+ktap_plan $((1 + CYCLES * 3 + 5))
 
 cbt_start "$CLI"
 # 64 KiB chunks: less copy-on-write per random write.
-ram_setup 3 $RD_KIB chunk_minimum_shift=16
+ram_setup 4 $RD_KIB chunk_minimum_shift=16
 rm -rf $BDIR $W
 mkdir -p $MNT $W
 at_exit "umount $MNT; rm -rf $BDIR $W"
@@ -279,6 +280,19 @@ old_points() {
 	"$CLI" verify --dir $BDIR
 }
 case_fn "every earlier backup number restores to its snapshot image; verify of all backup files" old_points
+
+# The raw device's chain up to the last cycle of the first generation (a
+# full backup and its incrementals) restored onto a ramdisk of random data:
+# every block is written, holes included.
+device_restore() {
+	local want got
+	want=${SUMS[$RAW_NAME-$CYCLES]}
+	dd if=/dev/urandom of=$OUTDEV bs=1M count=$((RD_KIB / 1024)) oflag=direct status=none || return 1
+	"$CLI" restore --dir $BDIR -d $RAW_NAME --seq $CYCLES --output $OUTDEV || return 1
+	got=$(head -c "$DEV_SIZE" $OUTDEV | sha256sum | cut -d' ' -f1)
+	[ "$got" = "$want" ] || { echo "$OUTDEV holds $got, backup $CYCLES's image was $want"; return 1; }
+}
+case_fn "a restore onto a block device (full + incrementals) holds the snapshot image" device_restore
 
 chain_ok() {
 	local n
