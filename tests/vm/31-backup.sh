@@ -14,8 +14,8 @@
 #     filesystem metadata and journal outside them.
 # Then a new CBT generation (trackers removed) forces full backups, every
 # earlier backup number still restores to its image's checksum, and the
-# restored ext4 image passes fsck; and a restore onto a block device
-# (written around the page cache) holds the image a restore into a file has.
+# restored ext4 image passes fsck; and a restore onto a block device holds
+# the image of the backup it restores.
 # shellcheck source-path=SCRIPTDIR disable=SC2015,SC2119,SC2086 # "test && test || fail" is meant; names have no spaces
 source "$(dirname "$0")/../cow-lib.sh"
 require_vm
