@@ -481,6 +481,12 @@ def main():
         rows = [("raw sequential read (fio, 1 MiB, queue depth 4, O_DIRECT), writers running", raw_r, raw_r, ""),
                 ("buffered sequential read (dd, 8 MiB reads through the page cache; the CLI reads with O_DIRECT), "
                  "writers running", rates("bufread"), raw_r, ""),
+                ("sequential read as the CLI reads (dd, 8 MiB O_DIRECT reads, one at a time), "
+                 "writers running", rates("dirread"), raw_r, ""),
+                ("a snapshot's image read the same way (no hashing, nothing written), writers running",
+                 rates("imgread"), raw_r, ""),
+                ("the backup's image file written into the tmpfs again (dd, 64 KiB writes, "
+                 "as the CLI writes it), by itself", rates("tmpfswrite"), raw_r, ""),
                 ("`blksnap backup`, full: the copy", rates("full", "copy_seconds"), raw_r, ""),
                 ("`blksnap backup`, full: the whole command (snapshot made and destroyed)",
                  rates("full"), raw_r, cpu("full")),
