@@ -40,6 +40,7 @@ use crate::{
     chunk_map::{self, ChunkMap, Entry, Full, Group},
     storage::{Slot, Storage},
     sys::{
+        bio::IoBuffer,
         sectors::Sectors,
         sync::{new_irq_spinlock, IrqSpinLock},
         CowQueue,
@@ -50,7 +51,6 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use kernel::{
     alloc::{Flags, VVec},
     new_condvar, new_mutex,
-    page::Page,
     sync::{Arc, CondVar, Mutex},
 };
 
@@ -87,7 +87,7 @@ pub(crate) struct DiffArea {
     /// Chunk buffers kept for the next copies (at most a batch's worth,
     /// room reserved at creation).
     #[pin]
-    spare: Mutex<KVec<KVec<Page>>>,
+    spare: Mutex<KVec<IoBuffer>>,
     /// Image reads sent on from the submit path and not completed (see
     /// `image_io`).
     inflight: AtomicUsize,

@@ -11,10 +11,9 @@
 
 use super::DiffArea;
 use crate::chunk_map::Entry;
-use crate::sys::bio::{pages_io, PageIo};
+use crate::sys::bio::{pages_io, IoBuffer, PageIo};
 use crate::sys::compat::prelude::*;
 use core::sync::atomic::Ordering;
-use kernel::page::{Page, PAGE_SIZE};
 
 impl DiffArea {
     /// Copies the chunks the caller claimed (in order) into new slots, all
@@ -78,7 +77,7 @@ impl DiffArea {
                     bdev: self.tracker.bdev(),
                     sector: c * cs,
                     sectors: geometry.sectors_of(c),
-                    pages: buffers.get(i)?,
+                    buffer: buffers.get(i)?,
                 })
             };
             let write = |i: usize| {
@@ -90,7 +89,7 @@ impl DiffArea {
                     bdev: targets.get(i)?,
                     sector,
                     sectors: geometry.sectors_of(*claimed.get(i)?),
-                    pages: buffers.get(i)?,
+                    buffer: buffers.get(i)?,
                 })
             };
             let n = claimed.len();
@@ -98,28 +97,22 @@ impl DiffArea {
                 .and_then(|()| pages_io((0..n).map_while(write), true));
         }
         let mut spare = self.spare.lock();
-        for pages in buffers {
+        for buffer in buffers {
             if spare.len() == spare.capacity() {
                 break;
             }
             // Within the capacity reserved at creation: does not allocate.
-            let _ = spare.push(pages, GFP_NOWAIT);
+            let _ = spare.push(buffer, GFP_NOWAIT);
         }
         drop(spare);
         result.map(|()| stored)
     }
 
-    /// A chunk's worth of pages: a spare buffer, or new pages.
-    fn buffer(&self) -> Result<KVec<Page>> {
-        if let Some(pages) = self.spare.lock().pop() {
-            return Ok(pages);
+    /// A chunk's worth of memory: a spare buffer, or a new one.
+    fn buffer(&self) -> Result<IoBuffer> {
+        if let Some(buffer) = self.spare.lock().pop() {
+            return Ok(buffer);
         }
-        let page_count = usize::try_from(self.geometry.chunk_sectors() * 512 / PAGE_SIZE as u64)
-            .map_err(|_| EINVAL)?;
-        let mut pages = KVec::with_capacity(page_count, GFP_KERNEL)?;
-        for _ in 0..page_count {
-            pages.push(Page::alloc_page(GFP_KERNEL)?, GFP_KERNEL)?;
-        }
-        Ok(pages)
+        IoBuffer::new(self.geometry.chunk_sectors() * 512)
     }
 }

@@ -5,20 +5,26 @@
 //! hook intercepted ([`Submitted`]), a bio the module holds until it passes
 //! it on or ends it ([`Bio`]), its redirection to another device through a
 //! clone ([`Bio::redirect`], whose completion goes to [`RedirectDone`]), and
-//! the module's own page I/O ([`pages_io`]).
+//! the module's own I/O ([`pages_io`]) into and out of its buffers
+//! ([`IoBuffer`]).
 //!
 //! Locking: none of its own. A [`BioInfo`] is a copy of the bio's fields at
 //! submission; a redirected clone holds references to its target and device
 //! until its completion releases them; the bios of one [`pages_io`] call
 //! count themselves down with atomics, and the last completion wakes the
-//! caller.
+//! caller. An [`IoBuffer`] is owned by one holder at a time.
 
 use super::{
     bdev::{BlockDevice, DevNum},
     bindings,
 };
-use core::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use core::{
+    ptr::NonNull,
+    sync::atomic::{AtomicI32, AtomicUsize, Ordering},
+};
 use kernel::{
+    alloc::{flags::GFP_KERNEL, KVec},
+    error::code::{EINVAL, ENOMEM},
     sync::{Arc, ArcBorrow},
     types::Opaque,
 };
@@ -348,9 +354,80 @@ impl Drop for Bio {
     }
 }
 
+/// Memory for the module's own I/O: physically contiguous blocks of pages,
+/// each as large as the page allocator would give at once (one block, one
+/// bio vector, for up to 2^`MAX_PAGE_ORDER` pages of unfragmented memory),
+/// smaller blocks where it would not.
+pub(crate) struct IoBuffer {
+    /// The blocks, in order; the first ones are the largest.
+    blocks: KVec<Block>,
+}
+
+/// 2^`order` contiguous pages of an [`IoBuffer`], owned.
+struct Block {
+    /// The first page of a compound page of `order`.
+    page: NonNull<bindings::page>,
+    order: u32,
+}
+
+// SAFETY: a block is plain memory owned by whoever holds it; pages have no
+// tie to the thread that allocated them.
+unsafe impl Send for Block {}
+
+impl Block {
+    /// How many sectors the block holds.
+    fn sectors(&self) -> u64 {
+        PAGE_SECTORS << self.order
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        // SAFETY: the page came from `blksnap_alloc_block(order)` and is
+        // ours; no I/O uses it (an `IoBuffer` is borrowed for the whole of
+        // a `pages_io` call, which waits for its bios).
+        unsafe { bindings::__free_pages(self.page.as_ptr(), self.order) };
+    }
+}
+
+impl IoBuffer {
+    /// At least `bytes` of memory in as few blocks as the allocator gives
+    /// without reclaiming hard: each block the largest that fits what is
+    /// left, down to single pages; the pages with `GFP_NOIO`, the vector of
+    /// blocks as the caller's allocation scope has it (the copy engine's
+    /// is a no-I/O one). Fails with `ENOMEM` only when a single page cannot
+    /// be had.
+    pub(crate) fn new(bytes: u64) -> kernel::error::Result<Self> {
+        let mut left = bytes.div_ceil(PAGE_SIZE);
+        let mut blocks = KVec::new();
+        // Larger than any order the allocator has: it refuses, and the
+        // next try is one order smaller.
+        let mut order = u32::MAX;
+        while left > 0 {
+            order = order.min(left.ilog2());
+            // SAFETY: any order may be asked for; a null return is checked.
+            let page = unsafe { bindings::blksnap_alloc_block(order) };
+            match NonNull::new(page) {
+                Some(page) => {
+                    // Dropped (and freed) with the vector if the push fails.
+                    blocks.push(Block { page, order }, GFP_KERNEL)?;
+                    left -= 1 << order;
+                }
+                None if order == 0 => return Err(ENOMEM),
+                None => order -= 1,
+            }
+        }
+        Ok(IoBuffer { blocks })
+    }
+
+    /// How many sectors the buffer holds.
+    fn sectors(&self) -> u64 {
+        self.blocks.iter().map(Block::sectors).sum()
+    }
+}
+
 /// One contiguous piece of the module's own I/O for [`pages_io`]: `sectors`
-/// sectors at `sector` of `bdev`, from or into `pages` (full pages, in
-/// order).
+/// sectors at `sector` of `bdev`, from or into the start of `buffer`.
 #[derive(Clone, Copy)]
 pub(crate) struct PageIo<'a> {
     /// The device, held open by the caller.
@@ -359,56 +436,60 @@ pub(crate) struct PageIo<'a> {
     pub(crate) sector: u64,
     /// How many sectors.
     pub(crate) sectors: u64,
-    /// The memory: at least `sectors` worth of pages.
-    pub(crate) pages: &'a [kernel::page::Page],
+    /// The memory: at least `sectors` worth.
+    pub(crate) buffer: &'a IoBuffer,
 }
 
-/// A page's worth (or the tail) of a [`PageIo`].
+/// A block's worth (or the tail) of a [`PageIo`]: one bio vector.
 #[derive(Clone, Copy)]
-struct PageUnit<'a> {
+struct Unit {
     bdev: *mut bindings::block_device,
     sector: u64,
     sectors: u64,
-    page: &'a kernel::page::Page,
+    /// Whether the unit fills its block (only a piece's tail does not).
+    whole: bool,
+    page: *mut bindings::page,
 }
 
 /// How many sectors a page holds.
-const PAGE_SECTORS: u64 = (kernel::page::PAGE_SIZE / 512) as u64;
+const PAGE_SECTORS: u64 = PAGE_SIZE / 512;
+
+/// A page's size in bytes.
+const PAGE_SIZE: u64 = kernel::page::PAGE_SIZE as u64;
 
 /// Reads (or, with `write`, writes) every piece of `ios` with the module's
 /// own bios, and waits for them all.
 ///
 /// Every bio is submitted before any is waited for; pieces that continue
 /// each other on one device share bios. Sleeps. Fails with `EINVAL` (and no
-/// I/O) if a piece has too few pages; otherwise with `ENOMEM` or the first
-/// I/O error, once every bio submitted has completed.
+/// I/O) if a piece's buffer is too small; otherwise with `ENOMEM` or the
+/// first I/O error, once every bio submitted has completed.
 pub(crate) fn pages_io<'a, I>(ios: I, write: bool) -> kernel::error::Result
 where
     I: Iterator<Item = PageIo<'a>> + Clone,
 {
-    const MAX_VECS: usize = 256;
     let op = if write {
         bindings::REQ_OP_WRITE
     } else {
         bindings::REQ_OP_READ
     };
-    let pages_of = |io: &PageIo<'_>| io.sectors.div_ceil(PAGE_SECTORS);
-    if ios
-        .clone()
-        .any(|io| u64::try_from(io.pages.len()).map_or(true, |n| n < pages_of(&io)))
-    {
-        return Err(kernel::error::code::EINVAL);
+    if ios.clone().any(|io| io.buffer.sectors() < io.sectors) {
+        return Err(EINVAL);
     }
     let mut units = ios.flat_map(|io| {
-        io.pages
-            .iter()
-            .zip(0u64..pages_of(&io))
-            .map(move |(page, i)| PageUnit {
+        let mut done = 0;
+        io.buffer.blocks.iter().map_while(move |b| {
+            let sectors = (io.sectors - done).min(b.sectors());
+            let unit = Unit {
                 bdev: io.bdev.raw(),
-                sector: io.sector + i * PAGE_SECTORS,
-                sectors: (io.sectors - i * PAGE_SECTORS).min(PAGE_SECTORS),
-                page,
-            })
+                sector: io.sector + done,
+                sectors,
+                whole: sectors == b.sectors(),
+                page: b.page.as_ptr(),
+            };
+            done += sectors;
+            (sectors > 0).then_some(unit)
+        })
     });
     let batch = core::pin::pin!(Batch {
         remaining: AtomicUsize::new(1),
@@ -420,29 +501,35 @@ where
     unsafe { bindings::blksnap_completion_init(batch.done.get()) };
     let mut result = Ok(());
     while let Some(first) = units.next() {
-        // How many units from `first` on continue each other on its device.
-        let (mut count, mut end, mut whole) = (1, first.sector + first.sectors, true);
+        // How many units from `first` on continue each other on its device
+        // (a unit that does not fill its block ends a bio).
+        let (mut count, mut last, mut end) = (1, first, first.sector + first.sectors);
         for u in units.clone() {
-            whole = whole && end - first.sector == count as u64 * PAGE_SECTORS;
-            if count == MAX_VECS || !whole || u.bdev != first.bdev || u.sector != end {
+            if count == MAX_VECS || !last.whole || u.bdev != first.bdev || u.sector != end {
                 break;
             }
-            count += 1;
-            end += u.sectors;
+            (count, last, end) = (count + 1, u, end + u.sectors);
         }
         // SAFETY: the device is open (borrowed from a `PageIo`); the bio is
         // ours until handed to the batch.
-        let bio = unsafe { bindings::blksnap_bio_new(first.bdev, first.sector, op, count as u16) };
+        let bio = unsafe { bindings::blksnap_bio_new(first.bdev, first.sector, op, count) };
         if bio.is_null() {
-            result = Err(kernel::error::code::ENOMEM);
+            result = Err(ENOMEM);
             break;
         }
-        for u in core::iter::once(first).chain(units.by_ref().take(count - 1)) {
-            // SAFETY: the bio has room for `count` pages; each page outlives
-            // the batch, which is waited for below.
-            unsafe {
-                bindings::bio_add_page(bio, u.page.as_ptr().cast(), (u.sectors * 512) as u32, 0)
-            };
+        let mut added = true;
+        for u in core::iter::once(first).chain(units.by_ref().take(usize::from(count) - 1)) {
+            // Fits a `u32`: a block is at most 2^MAX_PAGE_ORDER pages.
+            let len = (u.sectors * 512) as u32;
+            // SAFETY: the bio is ours, with room for `count` vectors; each
+            // block outlives the batch, which is waited for below.
+            added = added && unsafe { bindings::bio_add_page(bio, u.page, len, 0) } == len as i32;
+        }
+        if !added {
+            // SAFETY: the bio is ours and was never submitted.
+            unsafe { bindings::bio_put(bio) };
+            result = Err(ENOMEM);
+            break;
         }
         batch.remaining.fetch_add(1, Ordering::Relaxed);
         // SAFETY: the bio is ours and complete; `batch` lives until every
@@ -465,6 +552,9 @@ where
         batch.error.load(Ordering::Acquire),
     ))
 }
+
+/// The most vectors one bio of [`pages_io`] takes (`BIO_MAX_VECS`).
+const MAX_VECS: u16 = 256;
 
 /// The bios of one [`pages_io`] call in flight, waited for together.
 struct Batch {

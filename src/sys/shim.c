@@ -10,6 +10,7 @@
 #include <linux/bio.h>
 #include <linux/blkdev.h>
 #include <linux/completion.h>
+#include <linux/gfp.h>
 #include <linux/ftrace.h>
 #include <linux/module.h>
 #include <linux/moduleparam.h>
@@ -328,6 +329,17 @@ void blksnap_bio_submit_endio(struct bio *bio, bio_end_io_t *end_io,
 	bio->bi_end_io = end_io;
 	bio->bi_opf |= REQ_SYNC;
 	blksnap_bio_pass(bio);
+}
+
+struct page *blksnap_alloc_block(unsigned int order)
+{
+	gfp_t gfp = GFP_NOIO | __GFP_COMP;
+
+	if (order > MAX_PAGE_ORDER)
+		return NULL;
+	if (order)
+		gfp |= __GFP_NORETRY | __GFP_NOWARN;
+	return alloc_pages(gfp, order);
 }
 
 void blksnap_completion_init(struct completion *c)

@@ -86,6 +86,11 @@ void blksnap_bio_submit_endio(struct bio *bio, bio_end_io_t *end_io,
 			      void *private);
 struct completion;
 void blksnap_completion_init(struct completion *c);
+/* 2^order physically contiguous pages (one compound page) for the
+ * module's own I/O, or NULL: above MAX_PAGE_ORDER, or when the allocator
+ * has none (above order 0 it neither retries hard nor warns). GFP_NOIO.
+ * Freed with __free_pages(page, order). */
+struct page *blksnap_alloc_block(unsigned int order);
 /* What a redirected bio's completion calls, after the clone is put: the
  * errno (or 0) the original bio ends with, given ctx, dev, tag and the
  * clone's errno. It owns ctx and dev from then on. */
