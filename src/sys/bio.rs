@@ -400,8 +400,9 @@ impl IoBuffer {
     pub(crate) fn new(bytes: u64) -> kernel::error::Result<Self> {
         let mut left = bytes.div_ceil(PAGE_SIZE);
         let mut blocks = KVec::new();
-        // Larger than any order the allocator has: it refuses, and the
-        // next try is one order smaller.
+        // No cap yet: each try asks for the largest block that fits what is
+        // left, and after a refusal (the shim refuses orders above
+        // MAX_PAGE_ORDER) for one order less, from then on.
         let mut order = u32::MAX;
         while left > 0 {
             order = order.min(left.ilog2());

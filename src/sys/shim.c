@@ -10,8 +10,8 @@
 #include <linux/bio.h>
 #include <linux/blkdev.h>
 #include <linux/completion.h>
-#include <linux/gfp.h>
 #include <linux/ftrace.h>
+#include <linux/gfp.h>
 #include <linux/module.h>
 #include <linux/moduleparam.h>
 #include <linux/ratelimit.h>
