@@ -149,6 +149,22 @@ class Report:
                 out[r] = min(out.get(r, t), t)
         return out
 
+    def best_copy_time(self, dev):
+        """Per repetition, the shortest time per chunk copied over the copy
+        passes (a 4 MiB reader and a 4 MiB writer on the same disk at the
+        same time, at queue depth 1 and 32): the pass lasts as long as its
+        slower job, and both move the same bytes."""
+        per_io = LIMIT_IO // self.chunk
+        out = {}
+        for wl in ("cp4m1", "cp4m32"):
+            rd = self.fio.get(("limit-copy", dev, wl + "r"), {})
+            wr = self.fio.get(("limit-copy", dev, wl + "w"), {})
+            for r in rd:
+                if r in wr:
+                    t = 1 / (min(rd[r], wr[r]) * per_io)
+                    out[r] = min(out.get(r, t), t)
+        return out
+
     def limit(self, dev, ft, wbytes, where):
         """Per-repetition IOPS of the physical limit of first-touch workload
         ft with the storage on the other or the same device: a lower bound
@@ -164,7 +180,11 @@ class Report:
         disk has its own budget, shared by its reads and writes: the
         original disk needs kR + kw Sd (its copy reads and the writes' own
         bytes), plus kS when it holds the storage too; another disk needs
-        kS. The bound is the largest of these. (No latency term is added on
+        kS. The bound is the largest of these. With the storage on the
+        same throttled disk, k(R + S) is measured as one pass, C (a reader
+        and a writer at the same time, which share the throttle's budget and
+        its burst as the real pass does; two passes would get two bursts),
+        where the copy passes were run: kC + kw Sd. (No latency term is added on
         a throttled disk: a write at queue depth 1 waits for its chunk's
         read, but a read there takes chunk / rate only while the throttle's
         budget is spent, and W + kR in a row came out above blksnap's time
@@ -173,6 +193,7 @@ class Report:
         rd = self.best_chunk_time("limit", dev)
         wr = self.best_chunk_time(f"limit-{where}", dev)
         wd = self.best_chunk_time("limit-same", dev)
+        cp = self.best_copy_time(dev)
         k = max(1, wbytes // self.chunk)
         kw = wbytes / self.chunk
         shared = self.clocks.get(dev) == "icount"
@@ -184,7 +205,7 @@ class Report:
             if shared:
                 t = w + k * (rt + st)
             elif where == "same":
-                t = k * (rt + st) + kw * sd
+                t = k * cp.get(r, rt + st) + kw * sd
             else:
                 t = max(k * rt + kw * sd, k * st)
             out[r] = 1 / t
@@ -276,8 +297,8 @@ def main():
       "instruction-counted clock counts every device's work, so nothing overlaps: W + R + S "
       "wherever the storage is. On the throttled disks each disk has its own budget of "
       "bytes, shared by its reads and writes: the original disk needs R plus the write's "
-      "own bytes (plus S when it holds the storage), another storage disk S; the limit is "
-      "the larger of these. Per write, R and S count once per chunk the write touches first. "
+      "own bytes (plus the copy's read and write, measured as one pass of both at once, when "
+      "it holds the storage), another storage disk S; the limit is the larger of these. Per write, R and S count once per chunk the write touches first. "
       "docs/benchmarks.md says why this is a lower bound.")
     w("")
     w("| device | workload | " + " | ".join(n for _, n in COW)
