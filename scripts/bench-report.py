@@ -180,11 +180,13 @@ class Report:
         disk has its own budget, shared by its reads and writes: the
         original disk needs kR + kw Sd (its copy reads and the writes' own
         bytes), plus kS when it holds the storage too; another disk needs
-        kS. The bound is the largest of these. With the storage on the
-        same throttled disk, k(R + S) is measured as one pass, C (a reader
-        and a writer at the same time, which share the throttle's budget and
-        its burst as the real pass does; two passes would get two bursts),
-        where the copy passes were run: kC + kw Sd. (No latency term is added on
+        kS. The bound is the largest of these. Reads and writes of the same
+        throttled disk are paired into C, a chunk read and a chunk written
+        measured as one pass of both at once (where the copy passes were
+        run: they share the throttle's budget and its burst as the real pass
+        does, where two passes would get two bursts; else R + Sd): with the
+        storage on it, kC + kw Sd; without, with p = min(k, kw),
+        pC + (k - p)R + (kw - p)Sd. (No latency term is added on
         a throttled disk: a write at queue depth 1 waits for its chunk's
         read, but a read there takes chunk / rate only while the throttle's
         budget is spent, and W + kR in a row came out above blksnap's time
@@ -202,12 +204,14 @@ class Report:
             if r not in rd or r not in wr or r not in wd or nosnap[r] <= 0:
                 continue
             w, rt, st, sd = 1 / nosnap[r], rd[r], wr[r], wd[r]
+            c = cp.get(r, rt + sd)
+            p = min(k, kw)
             if shared:
                 t = w + k * (rt + st)
             elif where == "same":
-                t = k * cp.get(r, rt + st) + kw * sd
+                t = k * c + kw * sd
             else:
-                t = max(k * rt + kw * sd, k * st)
+                t = max(p * c + (k - p) * rt + (kw - p) * sd, k * st)
             out[r] = 1 / t
         return out
 
@@ -297,8 +301,9 @@ def main():
       "instruction-counted clock counts every device's work, so nothing overlaps: W + R + S "
       "wherever the storage is. On the throttled disks each disk has its own budget of "
       "bytes, shared by its reads and writes: the original disk needs R plus the write's "
-      "own bytes (plus the copy's read and write, measured as one pass of both at once, when "
-      "it holds the storage), another storage disk S; the limit is the larger of these. Per write, R and S count once per chunk the write touches first. "
+      "own bytes (plus S when it holds the storage), another storage disk S; the limit is "
+      "the larger of these, with a disk's reads and writes paired and measured as one pass "
+      "of both at once (C), which gets one burst of the throttle as the real pass does. Per write, R and S count once per chunk the write touches first. "
       "docs/benchmarks.md says why this is a lower bound.")
     w("")
     w("| device | workload | " + " | ".join(n for _, n in COW)
