@@ -149,14 +149,19 @@ class Report:
                 out[r] = min(out.get(r, t), t)
         return out
 
-    def best_copy_time(self, dev):
+    # the copy passes: workload, I/O size
+    COPY_PASSES = [("cp256k1", 256 << 10), ("cp256k32", 256 << 10), ("cp1m1", 1 << 20), ("cp1m32", 1 << 20)]
+
+    def best_copy_time(self, dev, max_io):
         """Per repetition, the shortest time per chunk copied over the copy
-        passes (a 4 MiB reader and a 4 MiB writer on the same disk at the
-        same time, at queue depth 1 and 32): the pass lasts as long as its
-        slower job, and both move the same bytes."""
-        per_io = LIMIT_IO // self.chunk
+        passes (a reader and a writer on the same disk at the same time) with
+        I/O of at most max_io bytes: the pass lasts as long as its slower
+        job, and both move the same bytes."""
         out = {}
-        for wl in ("cp4m1", "cp4m32"):
+        for wl, io in self.COPY_PASSES:
+            if io > max_io:
+                continue
+            per_io = io / self.chunk
             rd = self.fio.get(("limit-copy", dev, wl + "r"), {})
             wr = self.fio.get(("limit-copy", dev, wl + "w"), {})
             for r in rd:
@@ -182,9 +187,10 @@ class Report:
         bytes), plus kS when it holds the storage too; another disk needs
         kS. The bound is the largest of these. Reads and writes of the same
         throttled disk are paired into C, a chunk read and a chunk written
-        measured as one pass of both at once (where the copy passes were
-        run: they share the throttle's budget and its burst as the real pass
-        does, where two passes would get two bursts; else R + Sd): with the
+        measured as one pass of both at once, with I/O no larger than the
+        chunks the write touches first (where the copy passes were run: they
+        share the throttle's budget and its burst as the real pass does,
+        where two passes would get two bursts; else R + Sd): with the
         storage on it, kC + kw Sd; without, with p = min(k, kw),
         pC + (k - p)R + (kw - p)Sd. (No latency term is added on
         a throttled disk: a write at queue depth 1 waits for its chunk's
@@ -195,8 +201,8 @@ class Report:
         rd = self.best_chunk_time("limit", dev)
         wr = self.best_chunk_time(f"limit-{where}", dev)
         wd = self.best_chunk_time("limit-same", dev)
-        cp = self.best_copy_time(dev)
         k = max(1, wbytes // self.chunk)
+        cp = self.best_copy_time(dev, k * self.chunk)
         kw = wbytes / self.chunk
         shared = self.clocks.get(dev) == "icount"
         out = {}

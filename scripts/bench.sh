@@ -88,11 +88,14 @@ note() { printf '[bench %s] %s\n' "$(date +%T)" "$*"; }
 #               page pinning per I/O): the device's best read rate, for the
 #               copy reads of the physical limit
 #   wr4m1 wr4m32  the same with writes: the copy writes of the physical limit
-#   cp4m1 cp4m32  a copy as one pass on one disk: the rd4m pass over the
-#               region and, at the same time, the wr4m pass over the region
-#               after it (jobs *r and *w): the copy reads and writes of the
-#               physical limit with the storage on the same throttled disk,
-#               which share its budget, and its burst, as the real pass does
+#   cp256k1 cp256k32 cp1m1 cp1m32  a copy as one pass on one disk: a reader
+#               over the region and, at the same time, a writer over the
+#               region after it (jobs *r and *w), with 256 KiB / 1 MiB I/O
+#               (the sizes a copy of one chunk or of a 1 MiB write's chunks
+#               can use) at queue depth 1 / 32, through io_uring with
+#               registered buffers: the paired copy reads and writes of the
+#               physical limit on a throttled disk, which share its budget,
+#               and its burst, as the real pass does
 # With FIO_OFFSET set (fio's --offset, e.g. 64M), every job starts there.
 fio_jobs() {
 	local kind=$1 d=$2 rep=$3 dev=$4 name wl args=() loops=1
@@ -109,7 +112,7 @@ fio_jobs() {
 		name=$kind.$d.$wl.$rep
 		# (a copy pass is two jobs: the reader's name ends in r, the
 		# writer's in w; the writer has no stonewall, so they run together)
-		if [[ $wl == cp4m* ]]; then name=$kind.$d.${wl}r.$rep; fi
+		if [[ $wl == cp* ]]; then name=$kind.$d.${wl}r.$rep; fi
 		args+=(--name="$name" --filename="$dev" --stonewall)
 		if [ -n "${FIO_OFFSET:-}" ]; then args+=(--offset="$FIO_OFFSET"); fi
 		case $wl in
@@ -126,9 +129,11 @@ fio_jobs() {
 			args+=(--ioengine=io_uring --fixedbufs --registerfiles --bs=4M
 				--iodepth="${wl#??4m}" --size="${R}M" --loops="$loops")
 			;;
-		cp4m1 | cp4m32)
-			local pass=(--ioengine=io_uring --fixedbufs --registerfiles --bs=4M
-				--iodepth="${wl#cp4m}" --size="${R}M" --loops="$loops")
+		cp256k1 | cp256k32 | cp1m1 | cp1m32)
+			local bs pass
+			case $wl in cp256k*) bs=256k ;; *) bs=1M ;; esac
+			pass=(--ioengine=io_uring --fixedbufs --registerfiles --bs="$bs"
+				--iodepth="${wl#cp*[km]}" --size="${R}M" --loops="$loops")
 			args+=(--rw=read "${pass[@]}"
 				--name="$kind.$d.${wl}w.$rep" --filename="$dev" --offset="${R}M" --rw=write "${pass[@]}")
 			;;
@@ -141,7 +146,7 @@ fio_jobs() {
 		*) die "unknown workload $wl" ;;
 		esac
 		case $wl in
-		ft* | fill | rd4m* | wr4m* | cp4m* | dev* | blkread) ;;
+		ft* | fill | rd4m* | wr4m* | cp* | dev* | blkread) ;;
 		*) args+=(--size="${R}M" --time_based --runtime="$RUNTIME" --randrepeat=0 --norandommap) ;;
 		esac
 	done
@@ -313,7 +318,7 @@ bench_cow() {
 	# (the storage on the same device is DEV's second part, as blksnap has
 	# it, not the dm-linear device that dm-snapshot uses)
 	FIO_OFFSET=${R}M fio_jobs limit-same "$d" "$rep" "$dev" wr4m1 wr4m32 || return 1
-	fio_jobs limit-copy "$d" "$rep" "$dev" cp4m1 cp4m32 || return 1
+	fio_jobs limit-copy "$d" "$rep" "$dev" cp256k1 cp256k32 cp1m1 cp1m32 || return 1
 }
 
 # Scenario 5: writes to 1 or 4 ramdisks while their snapshot is taken.
