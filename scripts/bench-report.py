@@ -309,7 +309,7 @@ def main():
       "bytes, shared by its reads and writes: the original disk needs R plus the write's "
       "own bytes (plus S when it holds the storage), another storage disk S; the limit is "
       "the larger of these, with a disk's reads and writes paired and measured as one pass "
-      "of both at once (C), which gets one burst of the throttle as the real pass does. Per write, R and S count once per chunk the write touches first. "
+      "of both at once (C) with I/O no larger than a copy can use, which gets one burst of the throttle as the real pass does. Per write, R and S count once per chunk the write touches first. "
       "docs/benchmarks.md says why this is a lower bound.")
     w("")
     w("| device | workload | " + " | ".join(n for _, n in COW)
