@@ -149,17 +149,19 @@ class Report:
                 out[r] = min(out.get(r, t), t)
         return out
 
-    # the copy passes: workload, I/O size
-    COPY_PASSES = [("cp256k1", 256 << 10), ("cp256k32", 256 << 10), ("cp1m1", 1 << 20), ("cp1m32", 1 << 20)]
+    # the copy passes: workload, I/O size, queue depth
+    COPY_PASSES = [("cp256k1", 256 << 10, 1), ("cp256k32", 256 << 10, 32),
+                   ("cp1m1", 1 << 20, 1), ("cp1m32", 1 << 20, 32)]
 
-    def best_copy_time(self, dev, max_io):
+    def best_copy_time(self, dev, max_io, max_flight):
         """Per repetition, the shortest time per chunk copied over the copy
         passes (a reader and a writer on the same disk at the same time) with
-        I/O of at most max_io bytes: the pass lasts as long as its slower
-        job, and both move the same bytes."""
+        I/O of at most max_io bytes and at most max_flight bytes in flight
+        per direction: the pass lasts as long as its slower job, and both
+        move the same bytes."""
         out = {}
-        for wl, io in self.COPY_PASSES:
-            if io > max_io:
+        for wl, io, qd in self.COPY_PASSES:
+            if io > max_io or io * qd > max_flight:
                 continue
             per_io = io / self.chunk
             rd = self.fio.get(("limit-copy", dev, wl + "r"), {})
@@ -170,7 +172,7 @@ class Report:
                     out[r] = min(out.get(r, t), t)
         return out
 
-    def limit(self, dev, ft, wbytes, where):
+    def limit(self, dev, ft, qd, wbytes, where):
         """Per-repetition IOPS of the physical limit of first-touch workload
         ft with the storage on the other or the same device: a lower bound
         on the time of each write for any copy-on-write implementation with
@@ -188,7 +190,8 @@ class Report:
         kS. The bound is the largest of these. Reads and writes of the same
         throttled disk are paired into C, a chunk read and a chunk written
         measured as one pass of both at once, with I/O no larger than the
-        chunks the write touches first (where the copy passes were run: they
+        chunks a write touches first and no more of them in flight than the
+        workload's queue depth has (where the copy passes were run: they
         share the throttle's budget and its burst as the real pass does,
         where two passes would get two bursts; else R + Sd): with the
         storage on it, kC + kw Sd; without, with p = min(k, kw),
@@ -202,7 +205,7 @@ class Report:
         wr = self.best_chunk_time(f"limit-{where}", dev)
         wd = self.best_chunk_time("limit-same", dev)
         k = max(1, wbytes // self.chunk)
-        cp = self.best_copy_time(dev, k * self.chunk)
+        cp = self.best_copy_time(dev, k * self.chunk, qd * k * self.chunk)
         kw = wbytes / self.chunk
         shared = self.clocks.get(dev) == "icount"
         out = {}
@@ -309,7 +312,7 @@ def main():
       "bytes, shared by its reads and writes: the original disk needs R plus the write's "
       "own bytes (plus S when it holds the storage), another storage disk S; the limit is "
       "the larger of these, with a disk's reads and writes paired and measured as one pass "
-      "of both at once (C) with I/O no larger than a copy can use, which gets one burst of the throttle as the real pass does. Per write, R and S count once per chunk the write touches first. "
+      "of both at once (C) with the I/O sizes and queue depth a copy can use, which gets one burst of the throttle as the real pass does. Per write, R and S count once per chunk the write touches first. "
       "docs/benchmarks.md says why this is a lower bound.")
     w("")
     w("| device | workload | " + " | ".join(n for _, n in COW)
@@ -329,7 +332,7 @@ def main():
             base = fio.get(("base", dev, bwl), {})
             lim = {}
             for where in ("other", "same"):
-                lim[where] = rp.limit(dev, ft, wbytes, where)
+                lim[where] = rp.limit(dev, ft, qd, wbytes, where)
                 lv = [lim[where][r] / base[r] for r in sorted(lim[where]) if r in base]
                 cells.append(rp.cell(lv))
             w(f"| {dname} | {wname} | " + " | ".join(cells) + " |")
