@@ -204,16 +204,16 @@ class Report:
         wr = self.best_chunk_time(f"limit-{where}", dev)
         wd = self.best_chunk_time("limit-same", dev)
         k = max(1, wbytes // self.chunk)
-        cp = self.best_copy_time(dev, k * self.chunk, qd * k * self.chunk)
         kw = wbytes / self.chunk
+        p = min(k, kw)
         shared = self.clocks.get(dev) == "icount"
+        cp = {} if shared else self.best_copy_time(dev, k * self.chunk, qd * k * self.chunk)
         out = {}
         for r in nosnap:
             if r not in rd or r not in wr or r not in wd or nosnap[r] <= 0:
                 continue
             w, rt, st, sd = 1 / nosnap[r], rd[r], wr[r], wd[r]
             c = cp.get(r, rt + sd)
-            p = min(k, kw)
             if shared:
                 t = w + k * (rt + st)
             elif where == "same":
@@ -311,7 +311,9 @@ def main():
       "bytes, shared by its reads and writes: the original disk needs R plus the write's "
       "own bytes (plus S when it holds the storage), another storage disk S; the limit is "
       "the larger of these, with a disk's reads and writes paired and measured as one pass "
-      "of both at once (C) with the I/O sizes and queue depth a copy can use, which gets one burst of the throttle as the real pass does. Per write, R and S count once per chunk the write touches first. "
+      "of both at once (C) with the I/O sizes and queue depth a copy can use, which gets one "
+      "burst of the throttle as the real pass does. Per write, R and S count once per chunk "
+      "the write touches first. "
       "docs/benchmarks.md says why this is a lower bound.")
     w("")
     w("| device | workload | " + " | ".join(n for _, n in COW)

@@ -319,7 +319,11 @@ bench_cow() {
 	# (the storage on the same device is DEV's second part, as blksnap has
 	# it, not the dm-linear device that dm-snapshot uses)
 	FIO_OFFSET=${R}M fio_jobs limit-same "$d" "$rep" "$dev" wr4m1 wr4m32 || return 1
-	fio_jobs limit-copy "$d" "$rep" "$dev" cp256k1 cp256k32 cp1m1 || return 1
+	# The copy passes pair a throttled disk's reads and writes; where one
+	# clock counts every device's work, the report sums R and S instead.
+	if [ "$CLOCK" != icount ]; then
+		fio_jobs limit-copy "$d" "$rep" "$dev" cp256k1 cp256k32 cp1m1 || return 1
+	fi
 }
 
 # Scenario 5: writes to 1 or 4 ramdisks while their snapshot is taken.
